@@ -1,0 +1,35 @@
+"""bge_core: BAAI's BGE embedders and rerankers on one engine, with FlagEmbedding's numbers.
+
+Example:
+    >>> from bge_core import Embedder, Reranker
+    >>> m3 = Embedder("BAAI/bge-m3")
+    >>> out = m3.encode(["hello"], dense=True, sparse=True, colbert=True)
+    >>> Reranker("BAAI/bge-reranker-v2-m3").rerank("hello", ["hi", "bye"], top_k=1)
+"""
+
+from __future__ import annotations
+
+from bge_core.embedder import Embedder
+from bge_core.errors import BgeCoreError, ModelLoadError
+from bge_core.loading import clear_cache, load_model
+from bge_core.registry import KNOWN_MODELS, LLM_EMBEDDER_INSTRUCTIONS, ModelSpec
+from bge_core.reranker import Reranker
+from bge_core.scoring import colbert_score, combine_scores, lexical_matching_score
+from bge_core.types import Embeddings, RerankHit
+
+__all__ = [
+    "KNOWN_MODELS",
+    "LLM_EMBEDDER_INSTRUCTIONS",
+    "BgeCoreError",
+    "Embedder",
+    "Embeddings",
+    "ModelLoadError",
+    "ModelSpec",
+    "RerankHit",
+    "Reranker",
+    "clear_cache",
+    "colbert_score",
+    "combine_scores",
+    "lexical_matching_score",
+    "load_model",
+]

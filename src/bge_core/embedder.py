@@ -1,0 +1,211 @@
+"""`Embedder`: the native API of every BGE embedding model (dense, BGE-M3, LLM embedders)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from bge_core.engine.inputs import as_text_list
+from bge_core.families.m3 import M3Row
+from bge_core.families.text import apply_instruction
+from bge_core.loading import LoadedModel, load_model
+from bge_core.registry import LLM_EMBEDDER_INSTRUCTIONS
+from bge_core.types import Embeddings
+
+
+class Embedder:
+    """A BGE embedding model ready to encode.
+
+    Args:
+        model: hub id (``"BAAI/bge-m3"``), local checkpoint directory, or another `Embedder`
+            (shares its loaded weights).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; default: first GPU if any, else CPU.
+        dtype: ``"bf16"`` / ``"fp16"`` / ``"fp32"``; default bf16 on CUDA, fp32 on CPU.
+        max_length: tokens per text (default: the model's, e.g. 512 for bge-*-v1.5, 8192 for BGE-M3).
+        query_instruction: text put before queries; default from the model registry
+            (e.g. bge-*-en-v1.5's retrieval instruction, none for BGE-M3). ``""`` turns it off.
+        passage_instruction: text put before documents (default none).
+        task: for BAAI/llm-embedder, one of qa / convsearch / chat / lrlm / icl / tool.
+        examples: for bge-en-icl, in-context examples (dicts with instruct / query / response).
+        normalize: L2-normalise dense vectors (default True).
+        batch_tokens: token budget of one batch (default chosen per device).
+        reuse_outputs: keep recent dense and sparse results so that asking for the other one
+            with the same texts costs no forward (hybrid indexing through two framework objects).
+
+    Example:
+        >>> m3 = Embedder("BAAI/bge-m3")
+        >>> out = m3.encode(["BGE-M3 is multilingual."], dense=True, sparse=True, colbert=True)
+        >>> out.dense.shape, out.lexical_weights[0], out.colbert_vectors[0].shape
+    """
+
+    def __init__(
+        self,
+        model: str | Embedder,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        query_instruction: str | None = None,
+        query_instruction_format: str | None = None,
+        passage_instruction: str | None = None,
+        passage_instruction_format: str = "{}{}",
+        task: str | None = None,
+        examples: list[dict[str, str]] | None = None,
+        examples_format: str = "<instruct>{}\n<query>{}\n<response>{}",
+        normalize: bool | None = None,
+        pooling: str | None = None,
+        batch_tokens: int | None = None,
+        reuse_outputs: bool = True,
+    ) -> None:
+        if isinstance(model, Embedder):
+            self.loaded: LoadedModel = model.loaded
+        else:
+            self.loaded = load_model(model, device=device, dtype=dtype)
+        if self.loaded.spec.family not in ("dense", "m3", "llm_embedder", "icl"):
+            raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Reranker")
+        if task is not None:
+            if task not in LLM_EMBEDDER_INSTRUCTIONS:
+                raise ValueError(f"unknown task {task!r}; expected one of {sorted(LLM_EMBEDDER_INSTRUCTIONS)}")
+            query_instruction, passage_instruction = LLM_EMBEDDER_INSTRUCTIONS[task]
+        spec = self.loaded.spec.with_overrides(
+            max_length=max_length, query_instruction_format=query_instruction_format, normalize=normalize,
+            pooling=pooling,
+        )
+        if query_instruction is not None:
+            spec = spec.with_overrides(query_instruction=query_instruction or None)
+        self.spec = spec
+        self.passage_instruction = passage_instruction or spec.passage_instruction
+        self.passage_instruction_format = passage_instruction_format
+        self.examples = examples
+        self.examples_format = examples_format
+        self.batch_tokens = batch_tokens
+        self.reuse_outputs = reuse_outputs
+
+    @property
+    def family(self) -> str:
+        """``"dense"``, ``"m3"``, ``"llm_embedder"`` or ``"icl"``."""
+        return self.spec.family
+
+    @property
+    def dim(self) -> int:
+        """Length of a dense vector."""
+        return int(self.loaded.family.model.config.hidden_size)
+
+    @property
+    def max_length(self) -> int:
+        return self.spec.max_length
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.family.tokenizer
+
+    @property
+    def query_instruction(self) -> str | None:
+        return self.spec.query_instruction
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        dense: bool = True,
+        sparse: bool = False,
+        colbert: bool = False,
+        instruction: str | None = None,
+        instruction_format: str = "{}{}",
+        max_length: int | None = None,
+        truncate: bool = True,
+        show_progress: bool = False,
+        _options: dict[str, Any] | None = None,
+    ) -> Embeddings:
+        """Encode texts as they are (after an optional `instruction`); the one entry point.
+
+        Args:
+            texts: a string or a sequence of strings (``""`` is valid).
+            dense / sparse / colbert: which outputs to compute; sparse and colbert need BGE-M3.
+                All requested outputs come from one forward.
+            instruction: put before every text with `instruction_format`.
+            max_length: tokens per text; longer texts are cut (or rejected with ``truncate=False``).
+
+        Returns:
+            `Embeddings` with ``dense`` (n, dim) float32, ``lexical_weights`` list of
+            ``{token_id: weight}``, ``colbert_vectors`` list of (tokens-1, dim) float32 arrays.
+
+        Raises:
+            TypeError: an item is not a str (its index is named).
+            ValueError: ``truncate=False`` and items are too long (indices listed).
+
+        Example:
+            >>> Embedder("BAAI/bge-small-en-v1.5").encode(["hello world"]).dense.shape
+            (1, 384)
+        """
+        items, _ = as_text_list(texts)
+        if (sparse or colbert) and self.family != "m3":
+            raise ValueError(f"{self.loaded.path} has no sparse or ColBERT head (only BGE-M3 has)")
+        items = [apply_instruction(instruction, t, instruction_format) for t in items]
+        limit = max_length or self.max_length
+        options = {"normalize": self.spec.normalize, "pooling": self.spec.pooling, **(_options or {})}
+        run = dict(max_length=limit, truncate=truncate, show_progress=show_progress, token_budget=self.batch_tokens)
+        if self.family != "m3":
+            rows = self.loaded.engine.run(items, options=options, **run)
+            return Embeddings(dense=_stack(rows, self.dim))
+        return self._encode_m3(items, dense, sparse, colbert, options, run)
+
+    def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> Embeddings:
+        """`encode` with the query instruction (and, for bge-en-icl, the in-context examples).
+
+        Example:
+            >>> Embedder("BAAI/bge-base-en-v1.5").encode_queries(["what is BGE?"]).dense.shape
+            (1, 768)
+        """
+        if self.family == "icl":
+            from bge_core.families.icl import examples_prefix
+
+            prefix = examples_prefix(self.examples, self.query_instruction, self.examples_format)
+            kwargs["_options"] = {"icl_query": True, "prefix": prefix, "suffix": self.spec.suffix}
+        return self.encode(
+            texts, instruction=self.query_instruction, instruction_format=self.spec.query_instruction_format, **kwargs
+        )
+
+    def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> Embeddings:
+        """`encode` with the passage instruction, if the model has one.
+
+        Example:
+            >>> Embedder("BAAI/bge-m3").encode_documents(["a passage"], sparse=True).lexical_weights
+        """
+        return self.encode(
+            texts, instruction=self.passage_instruction, instruction_format=self.passage_instruction_format, **kwargs
+        )
+
+    def _encode_m3(
+        self, items: list[str], dense: bool, sparse: bool, colbert: bool, options: dict[str, Any], run: dict[str, Any]
+    ) -> Embeddings:
+        engine, memo = self.loaded.engine, self.loaded.memo
+        keys = [(t, run["max_length"], options["normalize"]) for t in items]
+        rows: list[M3Row | None] = [None] * len(items)
+        if self.reuse_outputs and not colbert:
+            rows = memo.get(keys)
+        todo = [i for i, row in enumerate(rows) if row is None]
+        if todo:
+            # The sparse head costs nothing next to the backbone: compute dense and sparse
+            # together so the other half of a hybrid insert finds its result in the memo.
+            wanted = {"dense": True, "sparse": True, "colbert": colbert} if self.reuse_outputs else \
+                {"dense": dense, "sparse": sparse, "colbert": colbert}
+            fresh = engine.run([items[i] for i in todo], options={**options, **wanted}, **run)
+            for i, row in zip(todo, fresh):
+                rows[i] = row
+            if self.reuse_outputs:
+                memo.put([(keys[i], M3Row(row.dense, row.lexical_weights, None)) for i, row in zip(todo, fresh)])
+        return Embeddings(
+            dense=_stack([r.dense for r in rows], self.dim) if dense else None,
+            lexical_weights=[dict(r.lexical_weights) for r in rows] if sparse else None,
+            colbert_vectors=[r.colbert_vectors for r in rows] if colbert else None,
+        )
+
+
+def _stack(vectors: list[np.ndarray], dim: int) -> np.ndarray:
+    if not vectors:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.stack(vectors).astype(np.float32, copy=False)

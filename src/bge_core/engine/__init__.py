@@ -1,0 +1,1 @@
+"""Engine: tokenize → schedule → forward → head."""

@@ -1,0 +1,1 @@
+"""Model families: an input format and a head each."""

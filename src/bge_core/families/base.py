@@ -1,0 +1,83 @@
+"""The contract between the engine and a model family.
+
+A family is an input format plus a head: it turns user items (texts or (query, passage)
+pairs) into token ids, and turns one padded batch of token ids into per-item outputs.
+Everything else — length sorting, token-budget batching, out-of-memory splitting, threads,
+devices, input order — belongs to the engine and is written once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+
+
+@dataclass(frozen=True)
+class TokenizedItem:
+    """One item after its family's input formatting.
+
+    `over_length` is True when the text had to be cut to fit `max_length`
+    (the engine raises on it when the caller asked for `truncate=False`).
+    `meta` carries family-specific facts the head needs (e.g. query length for token
+    compression); the engine passes it through untouched.
+    """
+
+    ids: list[int]
+    over_length: bool = False
+    meta: Any = None
+
+
+@dataclass
+class Batch:
+    """A padded batch on the model's device, in the order the engine chose."""
+
+    input_ids: torch.Tensor  # [B, L] int64
+    attention_mask: torch.Tensor  # [B, L] int64, 1 on real tokens
+    lengths: list[int]  # real tokens per row
+    padding_side: Literal["left", "right"]
+    metas: list[Any] = field(default_factory=list)
+
+    def last_positions(self) -> torch.Tensor:
+        """Index of each row's last real token."""
+        lengths = torch.tensor(self.lengths, device=self.input_ids.device)
+        if self.padding_side == "left":
+            return torch.full_like(lengths, self.input_ids.shape[1] - 1)
+        return lengths - 1
+
+
+class Family(ABC):
+    """Input format + head of one model family.
+
+    Subclasses set `padding_side` and implement `tokenize` and `forward`. `forward` must
+    return one output per batch row, already moved off the device (numpy / Python values),
+    so the engine can hand them back in input order.
+    """
+
+    padding_side: ClassVar[Literal["left", "right"]] = "right"
+    pad_to_multiple_of: ClassVar[int | None] = None
+
+    def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.spec = spec
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> Family:
+        """Load tokenizer and weights from a local directory onto `device` in `dtype`."""
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    @abstractmethod
+    def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
+        """Format and tokenize `items` (the tokenizer lock is held by the caller)."""
+
+    @abstractmethod
+    def forward(self, batch: Batch, options: dict[str, Any]) -> list[Any]:
+        """Run the backbone and the head on one batch; one output per row."""

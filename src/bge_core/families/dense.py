@@ -1,0 +1,72 @@
+"""Dense embedders: BERT / XLM-R BGE models (CLS or mean pooling) and LLM embedders (last token)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from bge_core.families.base import Batch, Family, TokenizedItem
+from bge_core.families.text import tokenize_texts
+
+
+_ENCODERS_WITH_POOLER = {"bert", "xlm-roberta", "roberta"}
+
+
+def pool(hidden: torch.Tensor, batch: Batch, method: str) -> torch.Tensor:
+    """Sentence vectors from token states: ``cls``, masked ``mean`` or ``last_token``."""
+    if method == "cls":
+        return hidden[:, 0]
+    if method == "mean":
+        mask = batch.attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    if method == "last_token":
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return hidden[rows, batch.last_positions()]
+    raise ValueError(f"unknown pooling {method!r}; expected 'cls', 'mean' or 'last_token'")
+
+
+def load_backbone(path: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and bare transformer of a checkpoint, in eval mode on `device`."""
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    # Encoders ship a pooler that embeddings never use; not building it saves memory and a warning.
+    extra = {"add_pooling_layer": False} if config.model_type in _ENCODERS_WITH_POOLER else {}
+    model = AutoModel.from_pretrained(path, config=config, dtype=dtype, **extra)
+    return tokenizer, model.to(device).eval()
+
+
+class DenseFamily(Family):
+    """One pooled, optionally L2-normalised vector per text.
+
+    Options: ``pooling`` and ``normalize`` (default from the model spec).
+    """
+
+    def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
+        super().__init__(tokenizer, model, spec)
+        # Decoder tokenizers usually pad on the left; last-token pooling handles either side.
+        self.padding_side = getattr(tokenizer, "padding_side", "right") or "right"
+
+    @classmethod
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> DenseFamily:
+        tokenizer, model = load_backbone(path, device, dtype)
+        return cls(tokenizer, model, spec)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def tokenize(self, items: list[str], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
+        return tokenize_texts(self.tokenizer, items, max_length)
+
+    def hidden_states(self, batch: Batch) -> torch.Tensor:
+        return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+
+    def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
+        vectors = pool(self.hidden_states(batch), batch, options.get("pooling") or self.spec.pooling)
+        if options.get("normalize", self.spec.normalize):
+            vectors = F.normalize(vectors, dim=-1)
+        return list(vectors.float().cpu().numpy())

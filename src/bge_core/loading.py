@@ -1,0 +1,173 @@
+"""Finding checkpoints and keeping one loaded copy per (checkpoint, family, device, dtype)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bge_core.engine.runner import Engine
+from bge_core.errors import ModelLoadError
+from bge_core.families.base import Family
+from bge_core.memo import OutputMemo
+from bge_core.registry import ModelSpec, detect_spec
+
+# Files a BGE checkpoint never needs: other frameworks' weights.
+_IGNORE = ["*.onnx", "onnx/*", "*.h5", "*.msgpack", "*.ot", "flax_model*", "tf_model*", "openvino/*", "*.gguf"]
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` → the first CUDA device when there is one, else CPU.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
+    if device is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, int):
+        return torch.device(f"cuda:{device}")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda:0")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` → bfloat16 on CUDA, float32 elsewhere (half precision on CPU is slow and lossy).
+
+    Example:
+        >>> resolve_dtype("fp16", torch.device("cuda"))
+        torch.float16
+    """
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+def resolve_path(name_or_path: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
+    """A local directory holding the checkpoint: the path itself, or a hub snapshot.
+
+    A path is used exactly as given (``..`` and symlinks resolve as the OS resolves them).
+    Hub ids are downloaded and cached by huggingface_hub.
+
+    Raises:
+        ModelLoadError: the directory does not exist, or the hub id cannot be had.
+
+    Example:
+        >>> resolve_path("./my-bge-checkpoint")
+        './my-bge-checkpoint'
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"model must be a hub id or a path, got {type(name_or_path).__name__}")
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
+        if not os.path.exists(os.path.join(name, "config.json")):
+            raise ModelLoadError(f"{name}: not a checkpoint directory (no config.json)")
+        return name
+    # Hub ids are "name" or "org/name"; anything else is a path that does not exist.
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.path.exists(name):
+        raise ModelLoadError(f"{name}: no such model directory")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name, revision=revision, cache_dir=cache_dir, ignore_patterns=_IGNORE)
+    except Exception as error:  # noqa: BLE001 - every hub failure becomes one clear message
+        raise ModelLoadError(
+            f"{name}: cannot load from the Hugging Face hub ({type(error).__name__}); "
+            "pass a local checkpoint directory when offline"
+        ) from error
+
+
+@dataclass
+class LoadedModel:
+    """A model in memory: its family (tokenizer + weights + head), engine and defaults."""
+
+    path: str
+    spec: ModelSpec
+    family: Family
+    engine: Engine
+    memo: OutputMemo
+
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+
+_CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def family_class(name: str) -> type[Family]:
+    """The family implementation registered under `name` (imported lazily)."""
+    if name in ("dense", "llm_embedder"):
+        from bge_core.families.dense import DenseFamily as cls
+    elif name == "m3":
+        from bge_core.families.m3 import M3Family as cls
+    elif name == "icl":
+        from bge_core.families.icl import ICLFamily as cls
+    elif name == "cross_encoder":
+        from bge_core.families.cross_encoder import CrossEncoderFamily as cls
+    elif name == "llm_reranker":
+        from bge_core.families.llm_reranker import LLMRerankerFamily as cls
+    elif name == "layerwise_reranker":
+        from bge_core.families.layerwise import LayerwiseRerankerFamily as cls
+    elif name == "lightweight_reranker":
+        from bge_core.families.lightweight import LightweightRerankerFamily as cls
+    else:
+        raise ValueError(f"unknown model family {name!r}")
+    return cls
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    family: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | None = None,
+) -> LoadedModel:
+    """Load (or reuse) a checkpoint. Every caller naming the same checkpoint, device and dtype
+    gets the same weights in memory.
+
+    Example:
+        >>> m = load_model("BAAI/bge-m3", device="cpu")
+        >>> m is load_model("BAAI/bge-m3", device="cpu")
+        True
+    """
+    path = resolve_path(name_or_path, revision=revision, cache_dir=cache_dir)
+    spec = detect_spec(name_or_path, path)
+    if family is not None and family != spec.family:
+        spec = ModelSpec(family)  # the caller knows better than the file layout
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    key = (os.path.realpath(path), spec.family, str(torch_device), str(torch_dtype))
+    with _CACHE_LOCK:
+        loaded = _CACHE.get(key)
+        if loaded is None:
+            fam = family_class(spec.family).load(path, spec, torch_device, torch_dtype)
+            loaded = LoadedModel(path=path, spec=spec, family=fam, engine=Engine(fam, torch_device), memo=OutputMemo())
+            _CACHE[key] = loaded
+    return loaded
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (their memory is freed once no handle refers to them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+

@@ -1,0 +1,1 @@
+"""Model code not in transformers (layerwise and lightweight LLM rerankers)."""
