@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,8 @@ class Embedder:
         batch_tokens: token budget of one batch (default chosen per device).
         reuse_outputs: keep recent dense and sparse results so that asking for the other one
             with the same texts costs no forward (hybrid indexing through two framework objects).
+        family: force a family (``"dense"``, ``"m3"``, ``"llm_embedder"``, ``"icl"``) when a local
+            checkpoint's name and files do not tell.
 
     Example:
         >>> m3 = Embedder("BAAI/bge-m3")
@@ -59,11 +62,12 @@ class Embedder:
         pooling: str | None = None,
         batch_tokens: int | None = None,
         reuse_outputs: bool = True,
+        family: str | None = None,
     ) -> None:
         if isinstance(model, Embedder):
             self.loaded: LoadedModel = model.loaded
         else:
-            self.loaded = load_model(model, device=device, dtype=dtype)
+            self.loaded = load_model(model, device=device, dtype=dtype, family=family)
         if self.loaded.spec.family not in ("dense", "m3", "llm_embedder", "icl"):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Reranker")
         if task is not None:
@@ -74,8 +78,8 @@ class Embedder:
             max_length=max_length, query_instruction_format=query_instruction_format, normalize=normalize,
             pooling=pooling,
         )
-        if query_instruction is not None:
-            spec = spec.with_overrides(query_instruction=query_instruction or None)
+        if query_instruction is not None:  # "" turns the registry's instruction off
+            spec = replace(spec, query_instruction=query_instruction or None)
         self.spec = spec
         self.passage_instruction = passage_instruction or spec.passage_instruction
         self.passage_instruction_format = passage_instruction_format

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -13,7 +12,7 @@ from bge_core.engine.runner import Engine
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Family
 from bge_core.memo import OutputMemo
-from bge_core.registry import ModelSpec, detect_spec
+from bge_core.registry import FAMILY_DEFAULTS, ModelSpec, detect_spec
 
 # Files a BGE checkpoint never needs: other frameworks' weights.
 _IGNORE = ["*.onnx", "onnx/*", "*.h5", "*.msgpack", "*.ot", "flax_model*", "tf_model*", "openvino/*", "*.gguf"]
@@ -153,7 +152,7 @@ def load_model(
     path = resolve_path(name_or_path, revision=revision, cache_dir=cache_dir)
     spec = detect_spec(name_or_path, path)
     if family is not None and family != spec.family:
-        spec = ModelSpec(family)  # the caller knows better than the file layout
+        spec = FAMILY_DEFAULTS[family]  # the caller knows better than the file layout
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     key = (os.path.realpath(path), spec.family, str(torch_device), str(torch_dtype))

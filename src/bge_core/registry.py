@@ -88,6 +88,18 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
 
 _CROSS_ENCODER_ARCHS = ("ForSequenceClassification",)
 
+#: Defaults of a family when the checkpoint is not a published one.
+FAMILY_DEFAULTS: dict[str, ModelSpec] = {
+    "dense": ModelSpec("dense"),
+    "m3": ModelSpec("m3", max_length=8192),
+    "llm_embedder": ModelSpec("llm_embedder", pooling="last_token", query_instruction_format=_LLM_FORMAT),
+    "icl": KNOWN_MODELS["bge-en-icl"],
+    "cross_encoder": ModelSpec("cross_encoder"),
+    "llm_reranker": ModelSpec("llm_reranker"),
+    "layerwise_reranker": ModelSpec("layerwise_reranker"),
+    "lightweight_reranker": ModelSpec("lightweight_reranker"),
+}
+
 
 def known_spec(name_or_path: str) -> ModelSpec | None:
     """The registry entry for a hub id or a directory named after one, if any.
@@ -137,22 +149,25 @@ def detect_spec(name_or_path: str, local_dir: str) -> ModelSpec:
         if os.path.exists(os.path.join(local_dir, "sparse_linear.pt")) or os.path.exists(
             os.path.join(local_dir, "colbert_linear.pt")
         ):
-            spec = ModelSpec("m3", max_length=min(8192, _position_limit(config)))
+            spec = FAMILY_DEFAULTS["m3"]
         elif "LayerWiseMiniCPM" in archs or model_type == "minicpm":
-            spec = ModelSpec("layerwise_reranker")
+            spec = FAMILY_DEFAULTS["layerwise_reranker"]
         elif "CostWiseGemma" in archs or model_type == "cost_wise_gemma":
-            spec = ModelSpec("lightweight_reranker")
+            spec = FAMILY_DEFAULTS["lightweight_reranker"]
         elif any(a in archs for a in _CROSS_ENCODER_ARCHS):
-            spec = ModelSpec("cross_encoder")
+            spec = FAMILY_DEFAULTS["cross_encoder"]
         elif "ForCausalLM" in archs:
-            spec = ModelSpec("llm_reranker")
+            spec = FAMILY_DEFAULTS["llm_reranker"]
         elif config.get("is_decoder") or model_type in {"gemma", "gemma2", "mistral", "llama", "qwen2", "qwen3"}:
-            spec = ModelSpec("llm_embedder", pooling="last_token", query_instruction_format=_LLM_FORMAT)
+            spec = FAMILY_DEFAULTS["llm_embedder"]
         else:
-            spec = ModelSpec("dense")
+            spec = FAMILY_DEFAULTS["dense"]
     pooling = _st_pooling(local_dir)
     if pooling is not None and spec.family == "dense":
         spec = replace(spec, pooling=pooling)
+    st_length = _read_json(os.path.join(local_dir, "sentence_bert_config.json")).get("max_seq_length")
+    if st_length and spec.family == "dense":
+        spec = replace(spec, max_length=int(st_length))
     if spec.family in ("dense", "m3", "cross_encoder") and config:
         spec = replace(spec, max_length=min(spec.max_length, _position_limit(config)))
     return spec

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from bge_core.engine.inputs import as_pair_list, as_text_list
+from bge_core.families.text import apply_instruction
 from bge_core.loading import LoadedModel, load_model
 from bge_core.types import RerankHit
 
@@ -26,11 +27,15 @@ class Reranker:
         device / dtype: as for `Embedder`.
         max_length: tokens per pair (default 512, as FlagEmbedding).
         query_max_length: tokens kept of the query (default 3/4 of max_length).
+        query_instruction / passage_instruction: text put before each query / passage (LLM
+            rerankers default to FlagEmbedding's "A: " / "B: "; "" turns them off).
         normalize: apply a sigmoid so scores lie in (0, 1) (default False: raw logits).
         prompt: LLM rerankers' instruction prompt (default: the model's published one).
         cutoff_layers: layerwise / lightweight rerankers: layers whose heads score the pair.
         compress_ratio / compress_layers: lightweight reranker's passage-token compression.
         batch_tokens: token budget of one batch.
+        family: force a family (``"cross_encoder"``, ``"llm_reranker"``, ``"layerwise_reranker"``,
+            ``"lightweight_reranker"``) when a local checkpoint's name and files do not tell.
 
     Example:
         >>> rr = Reranker("BAAI/bge-reranker-v2-m3")
@@ -51,13 +56,23 @@ class Reranker:
         cutoff_layers: list[int] | None = None,
         compress_ratio: int = 1,
         compress_layers: list[int] | None = None,
+        query_instruction: str | None = None,
+        passage_instruction: str | None = None,
+        query_instruction_format: str = "{}{}",
+        passage_instruction_format: str = "{}{}",
         batch_tokens: int | None = None,
+        family: str | None = None,
     ) -> None:
         self.loaded: LoadedModel = model.loaded if isinstance(model, Reranker) else load_model(
-            model, device=device, dtype=dtype
+            model, device=device, dtype=dtype, family=family
         )
         if not self.loaded.spec.family.endswith(("reranker", "cross_encoder")):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Embedder")
+        # LLM rerankers read "A: {query}" / "B: {passage}"; "" turns a default off.
+        default_query, default_passage = getattr(self.loaded.family, "default_instructions", (None, None))
+        self.query_instruction = (default_query if query_instruction is None else query_instruction) or None
+        self.passage_instruction = (default_passage if passage_instruction is None else passage_instruction) or None
+        self.instruction_formats = (query_instruction_format, passage_instruction_format)
         self.max_length = max_length or self.loaded.spec.max_length
         self.normalize = normalize
         self.batch_tokens = batch_tokens
@@ -99,6 +114,9 @@ class Reranker:
             (2,)
         """
         items, _ = as_pair_list(pairs)
+        q_format, p_format = self.instruction_formats
+        q_instr, p_instr = self.query_instruction, self.passage_instruction
+        items = [(apply_instruction(q_instr, q, q_format), apply_instruction(p_instr, p, p_format)) for q, p in items]
         unknown = set(options) - set(self.options)
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)}; expected some of {sorted(self.options)}")
@@ -116,7 +134,7 @@ class Reranker:
         self, query: str, documents: Sequence[str], top_k: int | None = None, *, normalize: bool | None = None,
         **kwargs: Any,
     ) -> list[RerankHit]:
-        """Documents sorted by relevance to `query`, best first (the deepest cutoff layer decides).
+        """Documents sorted by relevance to `query`, best first (the last cutoff layer listed decides).
 
         Example:
             >>> Reranker("BAAI/bge-reranker-v2-m3").rerank("panda", ["cat", "panda bear"], top_k=1)

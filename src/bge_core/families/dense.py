@@ -12,7 +12,6 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from bge_core.families.base import Batch, Family, TokenizedItem
 from bge_core.families.text import tokenize_texts
 
-
 _ENCODERS_WITH_POOLER = {"bert", "xlm-roberta", "roberta"}
 
 

@@ -1,0 +1,1 @@
+"""bge_langchain."""
