@@ -99,6 +99,16 @@ class Embedder:
         return int(self.loaded.family.model.config.hidden_size)
 
     @property
+    def vocab_size(self) -> int:
+        """Number of token ids (the width of a sparse vector)."""
+        return int(self.loaded.family.model.config.vocab_size)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id `bge_core.sparse.storable` uses as the placeholder of an empty sparse row."""
+        return self.loaded.family.pad_token_id
+
+    @property
     def max_length(self) -> int:
         return self.spec.max_length
 
