@@ -63,11 +63,12 @@ class Embedder:
         batch_tokens: int | None = None,
         reuse_outputs: bool = True,
         family: str | None = None,
+        token: str | None = None,
     ) -> None:
         if isinstance(model, Embedder):
             self.loaded: LoadedModel = model.loaded
         else:
-            self.loaded = load_model(model, device=device, dtype=dtype, family=family)
+            self.loaded = load_model(model, device=device, dtype=dtype, family=family, token=token)
         if self.loaded.spec.family not in ("dense", "m3", "llm_embedder", "icl"):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Reranker")
         if task is not None:

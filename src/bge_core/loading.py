@@ -58,7 +58,9 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}") from None
 
 
-def resolve_path(name_or_path: str, *, revision: str | None = None, cache_dir: str | None = None) -> str:
+def resolve_path(
+    name_or_path: str, *, revision: str | None = None, cache_dir: str | None = None, token: str | None = None
+) -> str:
     """A local directory holding the checkpoint: the path itself, or a hub snapshot.
 
     A path is used exactly as given (``..`` and symlinks resolve as the OS resolves them).
@@ -84,7 +86,7 @@ def resolve_path(name_or_path: str, *, revision: str | None = None, cache_dir: s
     from huggingface_hub import snapshot_download
 
     try:
-        return snapshot_download(name, revision=revision, cache_dir=cache_dir, ignore_patterns=_IGNORE)
+        return snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token, ignore_patterns=_IGNORE)
     except Exception as error:  # noqa: BLE001 - every hub failure becomes one clear message
         raise ModelLoadError(
             f"{name}: cannot load from the Hugging Face hub ({type(error).__name__}); "
@@ -140,16 +142,17 @@ def load_model(
     family: str | None = None,
     revision: str | None = None,
     cache_dir: str | None = None,
+    token: str | None = None,
 ) -> LoadedModel:
     """Load (or reuse) a checkpoint. Every caller naming the same checkpoint, device and dtype
-    gets the same weights in memory.
+    gets the same weights in memory. `token` is a Hugging Face token for private or gated hub ids.
 
     Example:
         >>> m = load_model("BAAI/bge-m3", device="cpu")
         >>> m is load_model("BAAI/bge-m3", device="cpu")
         True
     """
-    path = resolve_path(name_or_path, revision=revision, cache_dir=cache_dir)
+    path = resolve_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token)
     spec = detect_spec(name_or_path, path)
     if family is not None and family != spec.family:
         spec = FAMILY_DEFAULTS[family]  # the caller knows better than the file layout

@@ -62,9 +62,10 @@ class Reranker:
         passage_instruction_format: str = "{}{}",
         batch_tokens: int | None = None,
         family: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.loaded: LoadedModel = model.loaded if isinstance(model, Reranker) else load_model(
-            model, device=device, dtype=dtype, family=family
+            model, device=device, dtype=dtype, family=family, token=token
         )
         if not self.loaded.spec.family.endswith(("reranker", "cross_encoder")):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Embedder")
