@@ -75,7 +75,8 @@ class Embedder:
             if task not in LLM_EMBEDDER_INSTRUCTIONS:
                 raise ValueError(f"unknown task {task!r}; expected one of {sorted(LLM_EMBEDDER_INSTRUCTIONS)}")
             query_instruction, passage_instruction = LLM_EMBEDDER_INSTRUCTIONS[task]
-        spec = self.loaded.spec.with_overrides(
+        base = model.spec if isinstance(model, Embedder) else self.loaded.spec_for(model)
+        spec = base.with_overrides(
             max_length=max_length, query_instruction_format=query_instruction_format, normalize=normalize,
             pooling=pooling,
         )

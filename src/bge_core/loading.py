@@ -108,6 +108,12 @@ class LoadedModel:
     def device(self) -> torch.device:
         return self.engine.device
 
+    def spec_for(self, name_or_path: str) -> ModelSpec:
+        """Defaults for a handle opened under `name_or_path`: the same files may be reached through
+        a name the registry knows (``…/bge-small-en-v1.5``) and through one it does not."""
+        spec = detect_spec(name_or_path, self.path)
+        return spec if spec.family == self.spec.family else self.spec
+
 
 _CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()

@@ -1,0 +1,108 @@
+"""The engine: token-budget batches, input order, batch independence, OOM split, threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from bge_core import Embedder
+from bge_core.engine import schedule
+
+
+def test_token_budget_closes_batches_by_padded_cost():
+    lengths = [10, 3, 8, 8, 2, 1]
+    order = schedule.length_order(lengths)
+    assert order == [0, 2, 3, 1, 4, 5]
+    batches = list(schedule.token_budget_batches(order, lengths, token_budget=20, padded=True))
+    assert batches == [[0, 2], [3, 1], [4, 5]]
+    for b in batches:
+        assert max(lengths[i] for i in b) * len(b) <= 20
+    packed = list(schedule.token_budget_batches(order, lengths, token_budget=20, padded=False))
+    assert all(sum(lengths[i] for i in b) <= 20 for b in packed)
+    assert sorted(i for b in packed for i in b) == list(range(6))
+
+
+def test_an_item_longer_than_the_budget_runs_alone():
+    assert list(schedule.token_budget_batches([0, 1], [50, 5], token_budget=20, padded=True)) == [[0], [1]]
+
+
+def test_results_come_back_in_input_order_and_do_not_depend_on_the_batch(m3_path, parity_texts):
+    m3 = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    alone = np.stack([m3.encode([t], sparse=True).dense[0] for t in parity_texts])
+    together = m3.encode(parity_texts, sparse=True)
+    np.testing.assert_allclose(together.dense, alone, atol=1e-5)
+    tiny_batches = Embedder(m3, batch_tokens=64, reuse_outputs=False).encode(parity_texts[::-1], sparse=True)
+    np.testing.assert_allclose(tiny_batches.dense[::-1], alone, atol=1e-5)
+    for a, b in zip(tiny_batches.lexical_weights[::-1], together.lexical_weights, strict=True):
+        assert set(a) == set(b)
+        assert all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+def test_out_of_memory_splits_the_batch_and_gives_the_same_results(m3_path, parity_texts, monkeypatch):
+    m3 = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    expected = m3.encode(parity_texts).dense
+    family = m3.loaded.family
+    real_forward = family.forward
+    sizes = []
+
+    def forward_with_memory_cap(batch, options):
+        sizes.append(batch.input_ids.shape[0])
+        if batch.input_ids.shape[0] > 2:  # fault injection: a device that only fits two rows
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(batch, options)
+
+    monkeypatch.setattr(family, "forward", forward_with_memory_cap)
+    got = m3.encode(parity_texts).dense
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert max(sizes) > 2 and sizes[-1] <= 2
+
+
+def test_other_errors_propagate_unchanged(m3_path, monkeypatch):
+    m3 = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    calls = []
+
+    def broken(batch, options):
+        calls.append(1)
+        raise RuntimeError("shape mismatch (injected)")
+
+    monkeypatch.setattr(m3.loaded.family, "forward", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        m3.encode(["a", "b", "c"])
+    assert len(calls) == 1  # no retry, no split
+
+
+def test_many_threads_share_one_model_safely(m3_path, parity_texts):
+    m3 = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    expected = m3.encode(parity_texts, sparse=True)
+    failures = []
+
+    def worker(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        for _ in range(10):
+            idx = rng.permutation(len(parity_texts))[:3]
+            out = m3.encode([parity_texts[i] for i in idx], sparse=True)
+            if not np.allclose(out.dense, expected.dense[idx], atol=1e-5):
+                failures.append(seed)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_dense_then_sparse_for_the_same_texts_costs_one_forward(m3_path, parity_texts):
+    m3 = Embedder(m3_path, device="cpu")
+    texts = [t + " (memo test)" for t in parity_texts]
+    engine = m3.loaded.engine
+    before = engine.rows_forwarded
+    dense = m3.encode(texts).dense
+    sparse = m3.encode(texts, dense=False, sparse=True).lexical_weights
+    assert engine.rows_forwarded - before == len(texts)
+    fresh = Embedder(m3, reuse_outputs=False).encode(texts, sparse=True)
+    np.testing.assert_allclose(dense, fresh.dense, atol=1e-6)
+    assert sparse == fresh.lexical_weights
