@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import FlagEmbedding as FE
 import numpy as np
 import pytest
-import FlagEmbedding as FE
 
 from bge_core import Reranker, compat
 

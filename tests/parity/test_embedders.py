@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import FlagEmbedding as FE
 import numpy as np
 import pytest
-import FlagEmbedding as FE
 
 from bge_core import Embedder, compat
 from bge_core.registry import LLM_EMBEDDER_INSTRUCTIONS
