@@ -35,6 +35,7 @@ class Embedder:
         batch_tokens: token budget of one batch (default chosen per device).
         reuse_outputs: keep recent dense and sparse results so that asking for the other one
             with the same texts costs no forward (hybrid indexing through two framework objects).
+        packed: force padding-free batches on or off (default: on where the device supports them).
         family: force a family (``"dense"``, ``"m3"``, ``"llm_embedder"``, ``"icl"``) when a local
             checkpoint's name and files do not tell.
 
@@ -64,11 +65,12 @@ class Embedder:
         reuse_outputs: bool = True,
         family: str | None = None,
         token: str | None = None,
+        packed: bool | None = None,
     ) -> None:
         if isinstance(model, Embedder):
             self.loaded: LoadedModel = model.loaded
         else:
-            self.loaded = load_model(model, device=device, dtype=dtype, family=family, token=token)
+            self.loaded = load_model(model, device=device, dtype=dtype, family=family, token=token, packed=packed)
         if self.loaded.spec.family not in ("dense", "m3", "llm_embedder", "icl"):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Reranker")
         if task is not None:

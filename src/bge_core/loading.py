@@ -115,7 +115,7 @@ class LoadedModel:
         return spec if spec.family == self.spec.family else self.spec
 
 
-_CACHE: dict[tuple[str, str, str, str], LoadedModel] = {}
+_CACHE: dict[tuple[str, str, str, str, bool], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -149,9 +149,12 @@ def load_model(
     revision: str | None = None,
     cache_dir: str | None = None,
     token: str | None = None,
+    packed: bool | None = None,
 ) -> LoadedModel:
     """Load (or reuse) a checkpoint. Every caller naming the same checkpoint, device and dtype
     gets the same weights in memory. `token` is a Hugging Face token for private or gated hub ids.
+    `packed` forces padding-free batches on (or off); by default they are used wherever the
+    device supports them (CUDA with half precision).
 
     Example:
         >>> m = load_model("BAAI/bge-m3", device="cpu")
@@ -164,12 +167,15 @@ def load_model(
         spec = FAMILY_DEFAULTS[family]  # the caller knows better than the file layout
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    key = (os.path.realpath(path), spec.family, str(torch_device), str(torch_dtype))
+    if packed is None:  # the engine's own choice, made explicit so equal choices share one copy
+        packed = torch_device.type == "cuda" and torch_dtype in (torch.float16, torch.bfloat16)
+    key = (os.path.realpath(path), spec.family, str(torch_device), str(torch_dtype), packed)
     with _CACHE_LOCK:
         loaded = _CACHE.get(key)
         if loaded is None:
             fam = family_class(spec.family).load(path, spec, torch_device, torch_dtype)
-            loaded = LoadedModel(path=path, spec=spec, family=fam, engine=Engine(fam, torch_device), memo=OutputMemo())
+            engine = Engine(fam, torch_device, packed=packed)
+            loaded = LoadedModel(path=path, spec=spec, family=fam, engine=engine, memo=OutputMemo())
             _CACHE[key] = loaded
     return loaded
 

@@ -34,6 +34,7 @@ class Reranker:
         cutoff_layers: layerwise / lightweight rerankers: layers whose heads score the pair.
         compress_ratio / compress_layers: lightweight reranker's passage-token compression.
         batch_tokens: token budget of one batch.
+        packed: force padding-free batches on or off (default: on where the device supports them).
         family: force a family (``"cross_encoder"``, ``"llm_reranker"``, ``"layerwise_reranker"``,
             ``"lightweight_reranker"``) when a local checkpoint's name and files do not tell.
 
@@ -63,9 +64,10 @@ class Reranker:
         batch_tokens: int | None = None,
         family: str | None = None,
         token: str | None = None,
+        packed: bool | None = None,
     ) -> None:
         self.loaded: LoadedModel = model.loaded if isinstance(model, Reranker) else load_model(
-            model, device=device, dtype=dtype, family=family, token=token
+            model, device=device, dtype=dtype, family=family, token=token, packed=packed
         )
         if not self.loaded.spec.family.endswith(("reranker", "cross_encoder")):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Embedder")

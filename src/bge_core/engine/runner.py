@@ -9,7 +9,8 @@ import torch
 from tqdm.auto import tqdm
 
 from bge_core.engine import schedule
-from bge_core.families.base import Batch, Family, TokenizedItem
+from bge_core.engine.attention import can_pack, use_packed_attention
+from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
 
 #: Default token budget of one batch (padded rows × longest row). Large enough to keep a GPU
 #: busy on passages, small enough for an 8192-token document to fit on a modest card.
@@ -27,10 +28,20 @@ class Engine:
         >>> outputs = engine.run(["hello", "world"], max_length=512, options={})
     """
 
-    def __init__(self, family: Family, device: torch.device, token_budget: int | None = None) -> None:
+    def __init__(
+        self, family: Family, device: torch.device, token_budget: int | None = None, packed: bool | None = None
+    ) -> None:
         self.family = family
         self.device = device
         self.token_budget = token_budget or DEFAULT_TOKEN_BUDGET.get(device.type, 16384)
+        dtype = next(family.model.parameters()).dtype
+        if packed is None or (packed and device.type != "cpu"):
+            packed = can_pack(family.model, device, dtype)
+        # Packed batches carry no padding: attention runs on variable-length sequences (CUDA). On CPU
+        # packing is used only when asked for (each sequence then runs SDPA alone; tests use it).
+        self.packed = bool(packed) and family.supports_packing
+        if packed:
+            use_packed_attention(family.model)
         self._tokenizer_lock = threading.Lock()
         self._forward_lock = threading.Lock()
         self.forward_calls = 0  # batches run (tests and benchmarks read these)
@@ -71,7 +82,7 @@ class Engine:
         budget = token_budget or self.token_budget
         results: list[Any] = []
         bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, disable=not show_progress, desc="encode")
-        for batch_indices in schedule.token_budget_batches(order, lengths, budget, padded=True):
+        for batch_indices in schedule.token_budget_batches(order, lengths, budget, padded=not self.packed):
             def run_batch(indices: list[int]) -> list[Any]:
                 return self._forward([tokenized[i] for i in indices], options)
 
@@ -81,11 +92,28 @@ class Engine:
         return schedule.restore_order(order, results)
 
     def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> list[Any]:
-        batch = self._pad(rows)
         with self._forward_lock, torch.inference_mode():
             self.forward_calls += 1
             self.rows_forwarded += len(rows)
-            return self.family.forward(batch, options)
+            if self.packed:
+                return self.family.forward_packed(self._pack(rows), options)
+            return self.family.forward(self._pad(rows), options)
+
+    def _pack(self, rows: list[TokenizedItem]) -> PackedBatch:
+        lengths = [len(r.ids) for r in rows]
+        offset = self.family.position_offset()
+        ids = torch.tensor([i for r in rows for i in r.ids], dtype=torch.long)
+        positions = torch.cat([torch.arange(offset, offset + n) for n in lengths])
+        cu = torch.zeros(len(rows) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+        return PackedBatch(
+            input_ids=ids.to(self.device, non_blocking=True)[None],
+            position_ids=positions.to(self.device, non_blocking=True)[None],
+            cu_seqlens=cu.to(self.device, non_blocking=True),
+            max_length=max(lengths),
+            lengths=lengths,
+            metas=[r.meta for r in rows],
+        )
 
     def _pad(self, rows: list[TokenizedItem]) -> Batch:
         lengths = [len(r.ids) for r in rows]

@@ -48,6 +48,37 @@ class Batch:
         return lengths - 1
 
 
+@dataclass
+class PackedBatch:
+    """Sequences back to back in one row, without padding (CUDA varlen attention)."""
+
+    input_ids: torch.Tensor  # [1, T] int64
+    position_ids: torch.Tensor  # [1, T] int64, restarting at every sequence
+    cu_seqlens: torch.Tensor  # [n + 1] int32: start of each sequence, then T
+    max_length: int
+    lengths: list[int]
+    metas: list[Any] = field(default_factory=list)
+
+    @property
+    def starts(self) -> torch.Tensor:
+        return self.cu_seqlens[:-1].long()
+
+    @property
+    def ends(self) -> torch.Tensor:
+        return self.cu_seqlens[1:].long()
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that route a transformers backbone through packed attention."""
+        return {
+            "input_ids": self.input_ids,
+            "position_ids": self.position_ids,
+            "cu_seq_lens_q": self.cu_seqlens,
+            "cu_seq_lens_k": self.cu_seqlens,
+            "max_length_q": self.max_length,
+            "max_length_k": self.max_length,
+        }
+
+
 class Family(ABC):
     """Input format + head of one model family.
 
@@ -58,6 +89,8 @@ class Family(ABC):
 
     padding_side: ClassVar[Literal["left", "right"]] = "right"
     pad_to_multiple_of: ClassVar[int | None] = None
+    #: Families that implement `forward_packed` run padding-free on CUDA.
+    supports_packing: ClassVar[bool] = False
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
         self.tokenizer = tokenizer
@@ -81,3 +114,14 @@ class Family(ABC):
     @abstractmethod
     def forward(self, batch: Batch, options: dict[str, Any]) -> list[Any]:
         """Run the backbone and the head on one batch; one output per row."""
+
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[Any]:
+        """The same outputs as `forward`, from a packed batch (families with `supports_packing`)."""
+        raise TypeError(f"{type(self).__name__} does not run on packed batches")
+
+    def position_offset(self) -> int:
+        """First position id of a sequence: RoBERTa-style models count from padding_idx + 1."""
+        config = self.model.config
+        if getattr(config, "model_type", "") in ("xlm-roberta", "roberta"):
+            return int(config.pad_token_id) + 1
+        return 0

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bge_core.engine.inputs import cut
-from bge_core.families.base import Batch, Family, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
 
 
 class CrossEncoderFamily(Family):
@@ -18,6 +18,8 @@ class CrossEncoderFamily(Family):
 
     Options: ``query_max_length``.
     """
+
+    supports_packing = True
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> CrossEncoderFamily:
@@ -44,4 +46,14 @@ class CrossEncoderFamily(Family):
 
     def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return list(logits[:, :1].float().cpu().numpy())
+
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[np.ndarray]:
+        # The classification head reads only each pair's first token; run it on those rows alone.
+        hidden = self.model.base_model(**batch.backbone_kwargs()).last_hidden_state[0]
+        first = hidden[batch.starts].unsqueeze(1)  # [n, 1, d], the layout the heads expect
+        if getattr(self.model.base_model, "pooler", None) is not None:  # BERT-style: pooler, then classifier
+            logits = self.model.classifier(self.model.base_model.pooler(first))
+        else:  # RoBERTa-style: the classifier pools the first token itself
+            logits = self.model.classifier(first)
         return list(logits[:, :1].float().cpu().numpy())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from bge_core.families.base import Batch, Family, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
 from bge_core.families.text import tokenize_texts
 
 _ENCODERS_WITH_POOLER = {"bert", "xlm-roberta", "roberta"}
@@ -28,6 +28,21 @@ def pool(hidden: torch.Tensor, batch: Batch, method: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {method!r}; expected 'cls', 'mean' or 'last_token'")
 
 
+def pool_packed(hidden: torch.Tensor, batch: PackedBatch, method: str) -> torch.Tensor:
+    """`pool` for packed token states [T, d]."""
+    if method == "cls":
+        return hidden[batch.starts]
+    if method == "last_token":
+        return hidden[batch.ends - 1]
+    if method == "mean":
+        lengths = batch.ends - batch.starts
+        seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
+        sums = torch.zeros(len(lengths), hidden.shape[1], device=hidden.device, dtype=torch.float32)
+        sums.index_add_(0, seq, hidden.float())
+        return (sums / lengths[:, None]).to(hidden.dtype)
+    raise ValueError(f"unknown pooling {method!r}; expected 'cls', 'mean' or 'last_token'")
+
+
 def load_backbone(path: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
     """Tokenizer and bare transformer of a checkpoint, in eval mode on `device`."""
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -43,6 +58,8 @@ class DenseFamily(Family):
 
     Options: ``pooling`` and ``normalize`` (default from the model spec).
     """
+
+    supports_packing = True
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
         super().__init__(tokenizer, model, spec)
@@ -64,8 +81,20 @@ class DenseFamily(Family):
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
+    def hidden_states_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """Token states [T, d] of a packed batch."""
+        return self.model(**batch.backbone_kwargs()).last_hidden_state[0]
+
     def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
         vectors = pool(self.hidden_states(batch), batch, options.get("pooling") or self.spec.pooling)
+        return self._finish(vectors, options)
+
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[np.ndarray]:
+        vectors = pool_packed(self.hidden_states_packed(batch), batch, options.get("pooling") or self.spec.pooling)
+        return self._finish(vectors, options)
+
+    def _finish(self, vectors: torch.Tensor, options: dict[str, Any]) -> list[np.ndarray]:
+        vectors = vectors.float()
         if options.get("normalize", self.spec.normalize):
             vectors = F.normalize(vectors, dim=-1)
-        return list(vectors.float().cpu().numpy())
+        return list(vectors.cpu().numpy())

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bge_core.errors import ModelLoadError
-from bge_core.families.base import Batch
+from bge_core.families.base import Batch, PackedBatch
 from bge_core.families.dense import DenseFamily, load_backbone
 
 
@@ -75,19 +75,29 @@ class M3Family(DenseFamily):
 
     def forward(self, batch: Batch, options: dict[str, Any]) -> list[M3Row]:
         hidden = self.hidden_states(batch)
-        n = hidden.shape[0]
+        mask = batch.attention_mask.bool()
+        # Flatten the real tokens so padded and packed batches share one head implementation.
+        first = torch.cumsum(torch.tensor([0, *batch.lengths[:-1]], device=hidden.device), 0)
+        tokens = Tokens(hidden=hidden[mask], ids=batch.input_ids[mask], lengths=batch.lengths, first=first)
+        return self._heads(tokens, options)
+
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[M3Row]:
+        tokens = Tokens(hidden=self.hidden_states_packed(batch), ids=batch.input_ids[0], lengths=batch.lengths,
+                        first=batch.starts)
+        return self._heads(tokens, options)
+
+    def _heads(self, tokens: Tokens, options: dict[str, Any]) -> list[M3Row]:
+        n = len(tokens.lengths)
         dense = sparse = colbert = None
         if options.get("dense", True):
-            dense = hidden[:, 0]
+            dense = tokens.hidden[tokens.first].float()
             if options.get("normalize", self.spec.normalize):
                 dense = F.normalize(dense, dim=-1)
-            dense = dense.float().cpu().numpy()
+            dense = dense.cpu().numpy()
         if options.get("sparse", False):
-            sparse = self._lexical_weights(hidden, batch)
+            sparse = self._lexical_weights(tokens)
         if options.get("colbert", False):
-            vecs = self.colbert_linear(hidden[:, 1:]) * batch.attention_mask[:, 1:, None].to(hidden.dtype)
-            vecs = F.normalize(vecs, dim=-1).float().cpu().numpy()
-            colbert = [vecs[i, : batch.lengths[i] - 1] for i in range(n)]
+            colbert = self._colbert_vectors(tokens)
         return [
             M3Row(
                 dense=None if dense is None else dense[i],
@@ -97,17 +107,42 @@ class M3Family(DenseFamily):
             for i in range(n)
         ]
 
-    def _lexical_weights(self, hidden: torch.Tensor, batch: Batch) -> list[dict[int, float]]:
-        weights = torch.relu(self.sparse_linear(hidden)).squeeze(-1).float()
-        keep = batch.attention_mask.bool() & (weights > 0)
-        keep &= ~torch.isin(batch.input_ids, self.unused_ids.to(batch.input_ids.device))
-        ids, w = batch.input_ids.cpu().numpy(), weights.cpu().numpy()
-        keep_np = keep.cpu().numpy()
-        out = []
-        for i in range(hidden.shape[0]):
-            row: dict[int, float] = {}
-            for token, value in zip(ids[i][keep_np[i]].tolist(), w[i][keep_np[i]].tolist()):
-                if value > row.get(token, 0.0):
-                    row[token] = value
-            out.append(row)
-        return out
+    def _colbert_vectors(self, tokens: Tokens) -> list[np.ndarray]:
+        """ColBERT head on every token but each text's first (CLS), L2-normalised per token."""
+        not_cls = torch.ones(tokens.hidden.shape[0], dtype=torch.bool, device=tokens.hidden.device)
+        not_cls[tokens.first] = False
+        vecs = F.normalize(self.colbert_linear(tokens.hidden[not_cls]).float(), dim=-1)
+        # Half-precision runs hand back float16 vectors (as FlagEmbedding does): half the bytes to copy.
+        out_dtype = torch.float32 if tokens.hidden.dtype == torch.float32 else torch.float16
+        flat = vecs.to(out_dtype).cpu().numpy()
+        return np.split(flat, np.cumsum([n - 1 for n in tokens.lengths])[:-1])
+
+    def _lexical_weights(self, tokens: Tokens) -> list[dict[int, float]]:
+        """Per text the max weight of each token id, dropping special ids and weights <= 0."""
+        weights = torch.relu(self.sparse_linear(tokens.hidden)).squeeze(-1).float()
+        device = weights.device
+        keep = (weights > 0) & ~torch.isin(tokens.ids, self.unused_ids.to(device))
+        seq = torch.repeat_interleave(torch.arange(len(tokens.lengths), device=device),
+                                      torch.tensor(tokens.lengths, device=device))
+        # One key per (text, token id): the max over repeats is a scatter-amax on the device.
+        vocab = int(self.model.config.vocab_size)
+        keys = seq[keep] * vocab + tokens.ids[keep]
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        best = torch.zeros(unique.shape[0], device=device).scatter_reduce_(
+            0, inverse, weights[keep], reduce="amax", include_self=False
+        )
+        unique, best = unique.cpu().numpy(), best.cpu().numpy()
+        bounds = np.searchsorted(unique // vocab, np.arange(len(tokens.lengths) + 1))
+        ids = (unique % vocab).tolist()
+        values = best.tolist()
+        return [dict(zip(ids[a:b], values[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+@dataclass
+class Tokens:
+    """The real tokens of a batch, flat: states [T, d], ids [T], per-text lengths and first index."""
+
+    hidden: torch.Tensor
+    ids: torch.Tensor
+    lengths: list[int]
+    first: torch.Tensor
