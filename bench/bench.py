@@ -1,0 +1,274 @@
+"""One GPU run: bge-plugins vs FlagEmbedding 1.4.2 vs sentence-transformers on the anchor workloads.
+
+    python bench/bench.py                       # every section on one GPU, table + $OUT/bench.json
+    python bench/bench.py --only m3,latency     # some sections
+    python bench/bench.py --only multi_gpu      # two or more GPUs: scaling of the engine
+    python bench/bench.py --only cpu --device cpu
+
+Random weights of the real architectures (bench/workloads.py); every system runs the same texts in
+the same process on the same card. Throughput = real tokens / wall time, after a warm-up call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads as W  # noqa: E402
+
+OUT = os.environ.get("OUT", "/tmp")
+CK = os.environ.get("BENCH_CHECKPOINTS", "/tmp/bge-bench")
+ROWS: list[dict[str, Any]] = []
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], repeats: int = 1) -> tuple[float, float]:
+    """Median seconds over `repeats` calls and peak GPU memory (GiB) of the last call."""
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    return statistics.median(times), peak
+
+
+def record(system: str, workload: str, outputs: str, seconds: float, tokens: int, peak: float, **extra: Any) -> None:
+    row = dict(system=system, workload=workload, outputs=outputs, seconds=seconds, tokens=tokens,
+               tok_s=tokens / seconds, peak_gib=peak, **extra)
+    ROWS.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def free(*objs: Any) -> None:
+    del objs
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def section_m3(args: argparse.Namespace) -> None:
+    from bge_core import Embedder
+
+    path = W.build_m3(f"{CK}/m3")
+    work = {"passages": (W.passages(), 512, 256), "long": (W.long_documents(), 8192, 8)}
+    modes = {"dense": dict(dense=True), "all3": dict(dense=True, sparse=True, colbert=True)}
+    ours = Embedder(path, device=args.device, dtype="bf16", reuse_outputs=False)
+    for name, (texts, max_length, _) in work.items():
+        tokens = W.words(texts) + 2 * len(texts)
+        ours.encode(texts[:256], max_length=max_length)
+        for mode, kw in modes.items():
+            s, peak = timed(lambda: ours.encode(texts, max_length=max_length, **kw), repeats=3)
+            record("bge-plugins Embedder (bf16)", name, mode, s, tokens, peak)
+    free(ours)
+    from FlagEmbedding import BGEM3FlagModel
+
+    fe = BGEM3FlagModel(path, use_fp16=True, devices=args.device)
+    fe_modes = {"dense": dict(return_dense=True), "all3": dict(return_dense=True, return_sparse=True,
+                                                               return_colbert_vecs=True)}
+    for name, (texts, max_length, batch) in work.items():
+        tokens = W.words(texts) + 2 * len(texts)
+        fe.encode(texts[:64], batch_size=batch, max_length=max_length)
+        for mode, kw in fe_modes.items():
+            s, peak = timed(lambda: fe.encode(texts, batch_size=batch, max_length=max_length, **kw))
+            record("FlagEmbedding BGEM3FlagModel (fp16)", name, mode, s, tokens, peak)
+    free(fe)
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+
+    st = SentenceTransformer(modules=[
+        st_models.Transformer(path, model_args={"dtype": torch.float16}), st_models.Pooling(1024, "cls"),
+        st_models.Normalize()], device=args.device).half()
+    for name, (texts, max_length, batch) in work.items():
+        tokens = W.words(texts) + 2 * len(texts)
+        st.max_seq_length = max_length
+        st.encode(texts[:64], batch_size=batch)
+        s, peak = timed(lambda: st.encode(texts, batch_size=batch))
+        record("sentence-transformers (fp16)", name, "dense", s, tokens, peak)
+    free(st)
+
+
+def section_rerank(args: argparse.Namespace) -> None:
+    from bge_core import Reranker
+
+    path = W.build_cross_encoder(f"{CK}/reranker")
+    pairs = W.rerank_pairs()
+    tokens = sum(len(q.split()) + len(p.split()) + 4 for q, p in pairs)
+    ours = Reranker(path, device=args.device, dtype="bf16")
+    ours.score(pairs[:256])
+    s, peak = timed(lambda: ours.score(pairs), repeats=3)
+    record("bge-plugins Reranker (bf16)", "rerank pairs", "score", s, tokens, peak, pairs_s=len(pairs) / s)
+    free(ours)
+    from FlagEmbedding import FlagReranker
+
+    fe = FlagReranker(path, use_fp16=True, devices=args.device)
+    fe.compute_score(pairs[:64], batch_size=128)
+    s, peak = timed(lambda: fe.compute_score(pairs, batch_size=128))
+    record("FlagEmbedding FlagReranker (fp16)", "rerank pairs", "score", s, tokens, peak, pairs_s=len(pairs) / s)
+    free(fe)
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(path, device=args.device, max_length=512, model_kwargs={"dtype": torch.float16})
+    ce.predict(pairs[:64], batch_size=128)
+    s, peak = timed(lambda: ce.predict(pairs, batch_size=128, show_progress_bar=False))
+    record("sentence-transformers CrossEncoder (fp16)", "rerank pairs", "score", s, tokens, peak,
+           pairs_s=len(pairs) / s)
+    free(ce)
+
+
+def section_gemma(args: argparse.Namespace) -> None:
+    from bge_core import Reranker
+
+    path = W.build_gemma_reranker(f"{CK}/gemma")
+    pairs = W.rerank_pairs(2000)
+    tokens = sum(len(q.split()) + len(p.split()) + 30 for q, p in pairs)
+    ours = Reranker(path, device=args.device, dtype="bf16", family="llm_reranker")
+    ours.score(pairs[:64])
+    s, peak = timed(lambda: ours.score(pairs), repeats=3)
+    record("bge-plugins Reranker (bf16)", "gemma-2b pairs", "score", s, tokens, peak, pairs_s=len(pairs) / s)
+    free(ours)
+    from FlagEmbedding import FlagLLMReranker
+
+    fe = FlagLLMReranker(path, use_bf16=True, devices=args.device)
+    fe.compute_score(pairs[:64], batch_size=32)
+    s, peak = timed(lambda: fe.compute_score(pairs, batch_size=32))
+    record("FlagEmbedding FlagLLMReranker (bf16)", "gemma-2b pairs", "score", s, tokens, peak,
+           pairs_s=len(pairs) / s)
+    free(fe)
+
+
+def latency(fn: Callable[[], Any], n: int = 200) -> tuple[float, float]:
+    for _ in range(20):
+        fn()
+    times = []
+    for _ in range(n):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[n // 2] * 1e3, times[int(n * 0.99)] * 1e3
+
+
+def section_latency(args: argparse.Namespace) -> None:
+    from bge_core import Embedder
+
+    path = W.build_m3(f"{CK}/m3")
+    query = " ".join(f"w{i}" for i in range(14))  # 16 tokens with <s> and </s>
+    ours = Embedder(path, device=args.device, dtype="bf16", reuse_outputs=False)
+    p50, p99 = latency(lambda: ours.encode([query]))
+    ROWS.append(dict(system="bge-plugins Embedder (bf16)", workload="query bs1 16 tok", p50_ms=p50, p99_ms=p99))
+    print(ROWS[-1], flush=True)
+    free(ours)
+    from FlagEmbedding import BGEM3FlagModel
+
+    fe = BGEM3FlagModel(path, use_fp16=True, devices=args.device)
+    p50, p99 = latency(lambda: fe.encode([query], max_length=512))
+    ROWS.append(dict(system="FlagEmbedding BGEM3FlagModel (fp16)", workload="query bs1 16 tok", p50_ms=p50,
+                     p99_ms=p99))
+    print(ROWS[-1], flush=True)
+    free(fe)
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+
+    st = SentenceTransformer(modules=[
+        st_models.Transformer(path, model_args={"dtype": torch.float16}), st_models.Pooling(1024, "cls"),
+        st_models.Normalize()], device=args.device).half()
+    p50, p99 = latency(lambda: st.encode([query]))
+    ROWS.append(dict(system="sentence-transformers (fp16)", workload="query bs1 16 tok", p50_ms=p50, p99_ms=p99))
+    print(ROWS[-1], flush=True)
+
+
+def section_multi_gpu(args: argparse.Namespace) -> None:
+    from bge_core import Embedder
+    from bge_core.compat import BGEM3FlagModel
+
+    path = W.build_m3(f"{CK}/m3")
+    texts = W.passages(40_000)
+    tokens = W.words(texts) + 2 * len(texts)
+    n = torch.cuda.device_count()
+    one = Embedder(path, device="cuda:0", dtype="bf16", reuse_outputs=False)
+    one.encode(texts[:256], max_length=512)
+    s1, _ = timed(lambda: one.encode(texts, max_length=512, sparse=True, colbert=True), repeats=3)
+    record("bge-plugins 1 GPU", "passages x2", "all3", s1, tokens, 0.0)
+    free(one)
+    many = BGEM3FlagModel(path, use_fp16=False, use_bf16=True, devices=[f"cuda:{i}" for i in range(n)])
+    many.encode(texts[:256], return_sparse=True, return_colbert_vecs=True)
+    sn, _ = timed(lambda: many.encode(texts, return_sparse=True, return_colbert_vecs=True), repeats=3)
+    record(f"bge-plugins compat {n} GPUs", "passages x2", "all3", sn, tokens, 0.0, scaling=s1 / sn)
+
+
+def section_cpu(args: argparse.Namespace) -> None:
+    from bge_core import Embedder
+
+    path = W.build_small_dense(f"{CK}/small")
+    texts = W.passages(2000)
+    tokens = W.words(texts) + 2 * len(texts)
+    ours = Embedder(path, device="cpu")
+    ours.encode(texts[:32])
+    s, _ = timed(lambda: ours.encode(texts))
+    record("bge-plugins Embedder (fp32)", "passages 2k, CPU", "dense", s, tokens, 0.0)
+    from FlagEmbedding import FlagModel
+
+    fe = FlagModel(path, devices="cpu", use_fp16=False)
+    fe.encode(texts[:32])
+    s, _ = timed(lambda: fe.encode(texts))
+    record("FlagEmbedding FlagModel (fp32)", "passages 2k, CPU", "dense", s, tokens, 0.0)
+
+
+SECTIONS = {"m3": section_m3, "rerank": section_rerank, "gemma": section_gemma, "latency": section_latency,
+            "multi_gpu": section_multi_gpu, "cpu": section_cpu}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="m3,rerank,gemma,latency", help=f"comma list of {sorted(SECTIONS)}")
+    parser.add_argument("--device", default="cuda:0")
+    args = parser.parse_args()
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    for name in ("FlagEmbedding", "sentence_transformers"):
+        try:
+            versions[name] = __import__(name).__version__
+        except (ImportError, AttributeError):
+            versions[name] = "?"
+    print(f"card: {card}; {versions}", flush=True)
+    for name in args.only.split(","):
+        SECTIONS[name](args)
+    with open(os.path.join(OUT, "bench.json"), "w") as fh:
+        json.dump(dict(card=card, versions=versions, rows=ROWS), fh, indent=1)
+    print(f"\n{'system':45s} {'workload':18s} {'outputs':7s} {'k tok/s':>9s} {'pairs/s':>8s} {'GiB':>5s}")
+    for r in ROWS:
+        if "tok_s" in r:
+            pairs = f"{r['pairs_s']:8.0f}" if "pairs_s" in r else " " * 8
+            print(f"{r['system']:45s} {r['workload']:18s} {r['outputs']:7s} {r['tok_s'] / 1e3:9.1f} {pairs} "
+                  f"{r['peak_gib']:5.1f}")
+        else:
+            print(f"{r['system']:45s} {r['workload']:18s} p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""GPU behaviour (run with `pytest -m gpu` on a CUDA machine): half precision stays close to fp32
+CPU, results do not depend on batch company, and out-of-memory recovery gives the same results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bge_core import Embedder, Reranker
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+DTYPES = ["bf16", "fp16"]
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_m3_half_precision_matches_fp32_cpu(m3_path, parity_texts, dtype):
+    cpu = Embedder(m3_path, device="cpu", reuse_outputs=False).encode(parity_texts, sparse=True, colbert=True)
+    gpu_model = Embedder(m3_path, device="cuda", dtype=dtype, reuse_outputs=False)
+    assert gpu_model.loaded.engine.packed
+    gpu = gpu_model.encode(parity_texts, sparse=True, colbert=True)
+    assert row_cosines(gpu.dense, cpu.dense).min() >= 0.999
+    for a, b in zip(gpu.colbert_vectors, cpu.colbert_vectors, strict=True):
+        assert a.shape == b.shape
+        assert row_cosines(a.astype(np.float32), b).min() >= 0.999
+    for a, b in zip(gpu.lexical_weights, cpu.lexical_weights, strict=True):
+        for key in set(a) | set(b):  # a token may cross zero only with a weight near zero
+            assert abs(a.get(key, 0.0) - b.get(key, 0.0)) <= 1e-2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_and_decoder_half_precision(dense_path, llm_embedder_path, parity_texts, dtype):
+    for path in (dense_path, llm_embedder_path):
+        cpu = Embedder(path, device="cpu").encode(parity_texts).dense
+        gpu = Embedder(path, device="cuda", dtype=dtype).encode(parity_texts).dense
+        assert row_cosines(gpu, cpu).min() >= 0.999
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_encoder_half_precision(cross_encoder_path, parity_texts, dtype):
+    pairs = [(q, p) for q in parity_texts[:4] for p in parity_texts]
+    cpu = Reranker(cross_encoder_path, device="cpu").score(pairs)
+    gpu = Reranker(cross_encoder_path, device="cuda", dtype=dtype).score(pairs)
+    assert np.abs(gpu - cpu).max() <= 1e-2 * max(1.0, np.abs(cpu).max())
+
+
+def test_embedding_does_not_depend_on_batch_company(m3_path, parity_texts):
+    model = Embedder(m3_path, device="cuda", reuse_outputs=False)
+    alone = np.stack([model.encode([t]).dense[0] for t in parity_texts])
+    mixed = model.encode(parity_texts * 7).dense[: len(parity_texts)]
+    assert row_cosines(mixed, alone).min() >= 0.9999
+
+
+def test_out_of_memory_is_split_and_retried(tmp_path):
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    from tests.fixtures.checkpoints import xlmr_tokenizer
+
+    tokenizer = xlmr_tokenizer()
+    config = XLMRobertaConfig(vocab_size=len(tokenizer), hidden_size=1024, num_hidden_layers=2,
+                              num_attention_heads=16, intermediate_size=4096, max_position_embeddings=8194,
+                              type_vocab_size=1, pad_token_id=1)
+    XLMRobertaModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    texts = [("panda bamboo " * 3000) + str(i) for i in range(160)]
+    model = Embedder(str(tmp_path), device="cuda", reuse_outputs=False, family="dense")
+    expected = model.encode(texts, max_length=8192).dense
+    big_budget = Embedder(model, batch_tokens=160 * 8192, reuse_outputs=False)
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.empty_cache()
+    # A cap that holds the weights and a few documents but not 1.3M tokens of activations.
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 6 * 2**30 / total))
+    try:
+        got = big_budget.encode(texts, max_length=8192).dense
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert row_cosines(got, expected).min() >= 0.9999
