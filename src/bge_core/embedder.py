@@ -67,6 +67,8 @@ class Embedder:
         token: str | None = None,
         packed: bool | None = None,
     ) -> None:
+        #: The hub id or path this model was opened by (adapters serialise it).
+        self.name: str = model.name if isinstance(model, Embedder) else str(model)
         if isinstance(model, Embedder):
             self.loaded: LoadedModel = model.loaded
         else:
@@ -85,7 +87,9 @@ class Embedder:
         if query_instruction is not None:  # "" turns the registry's instruction off
             spec = replace(spec, query_instruction=query_instruction or None)
         self.spec = spec
-        self.passage_instruction = passage_instruction or spec.passage_instruction
+        # None keeps the registry's passage instruction; "" turns it off.
+        chosen = spec.passage_instruction if passage_instruction is None else passage_instruction
+        self.passage_instruction = chosen or None
         self.passage_instruction_format = passage_instruction_format
         self.examples = examples
         self.examples_format = examples_format

@@ -66,6 +66,8 @@ class Reranker:
         token: str | None = None,
         packed: bool | None = None,
     ) -> None:
+        #: The hub id or path this model was opened by (adapters serialise it).
+        self.name: str = model.name if isinstance(model, Reranker) else str(model)
         self.loaded: LoadedModel = model.loaded if isinstance(model, Reranker) else load_model(
             model, device=device, dtype=dtype, family=family, token=token, packed=packed
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Batch, Family, TokenizedItem
-from bge_core.families.llm_reranker import DEFAULT_PROMPT, tokenize_pairs
+from bge_core.families.llm_reranker import DEFAULT_INSTRUCTIONS, DEFAULT_PROMPT, tokenize_pairs
 from bge_core.models.minicpm_layerwise import LayerwiseMiniCPMReranker
 
 
@@ -23,6 +23,7 @@ class LayerwiseRerankerFamily(Family):
     """
 
     padding_side = "right"
+    default_instructions: ClassVar[tuple[str, str]] = DEFAULT_INSTRUCTIONS
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> LayerwiseRerankerFamily:

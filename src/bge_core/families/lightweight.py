@@ -3,7 +3,7 @@ optional passage-token compression."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Batch, Family, TokenizedItem
-from bge_core.families.llm_reranker import tokenize_pairs
+from bge_core.families.llm_reranker import DEFAULT_INSTRUCTIONS, tokenize_pairs
 from bge_core.models.gemma2_lightweight import CostWiseGemmaReranker
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
@@ -27,6 +27,7 @@ class LightweightRerankerFamily(Family):
     """
 
     padding_side = "right"
+    default_instructions: ClassVar[tuple[str, str]] = DEFAULT_INSTRUCTIONS
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> LightweightRerankerFamily:

@@ -2,8 +2,9 @@
 the score; plus the pair layout all three BGE LLM rerankers share.
 
 Layout (FlagEmbedding `BaseLLMReranker.compute_score_single_gpu`), every piece tokenized
-without special tokens:
-    [BOS] + tok("A: " + query)[:query_max_length] + tok("\\n") + tok("B: " + passage)[:max_length]
+without special tokens, query and passage already carrying their instructions ("A: ", "B: ",
+applied by `Reranker` from `default_instructions`):
+    [BOS] + tok(query)[:query_max_length] + tok("\\n") + tok(passage)[:max_length]
 cut `only_second` (from the separator + passage part) to max_length + len(sep) + len(prompt),
 then + tok("\\n") + tok(prompt).
 """
@@ -11,21 +12,21 @@ then + tok("\\n") + tok(prompt).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bge_core.engine.inputs import cut
-from bge_core.families.base import Batch, Family, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
 
 DEFAULT_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
     "by providing a prediction of either 'Yes' or 'No'."
 )
-QUERY_PREFIX = "A: "
-PASSAGE_PREFIX = "B: "
+#: FlagEmbedding's query / passage instructions of every LLM reranker (format "{}{}").
+DEFAULT_INSTRUCTIONS = ("A: ", "B: ")
 SEPARATOR = "\n"
 
 
@@ -44,7 +45,7 @@ def _cut_ids(tokenizer: Any, texts: list[str], limit: int) -> list[tuple[list[in
     encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit + 1)["input_ids"]
     out = []
     for ids in encoded:
-        kept = (ids[len(ids) - limit:] if limit else []) if left else ids[:limit]
+        kept = ids[max(0, len(ids) - limit):] if left else ids[:limit]
         out.append((list(kept), len(ids) > limit))
     return out
 
@@ -58,7 +59,7 @@ def tokenize_pairs(
     default_prompt: str,
     add_bos: bool,
 ) -> list[TokenizedItem]:
-    """FlagEmbedding's LLM-reranker input ids for (query, passage) pairs (see module docstring).
+    """FlagEmbedding's LLM-reranker input ids for (instructed) query / passage pairs (module docstring).
 
     Options: ``query_max_length`` (None → max_length * 3 // 4), ``prompt`` (None → `default_prompt`).
     `over_length` is set when the query, the passage or the pair had to be cut.
@@ -72,8 +73,8 @@ def tokenize_pairs(
     pair_max = max_length + len(sep_ids) + len(prompt_ids)
     left = getattr(tokenizer, "truncation_side", "right") == "left"
     bos = [tokenizer.bos_token_id] if add_bos else []
-    queries = _cut_ids(tokenizer, [QUERY_PREFIX + q for q, _ in items], query_max)
-    passages = _cut_ids(tokenizer, [PASSAGE_PREFIX + p for _, p in items], max_length)
+    queries = _cut_ids(tokenizer, [q for q, _ in items], query_max)
+    passages = _cut_ids(tokenizer, [p for _, p in items], max_length)
     out = []
     for (q_ids, q_cut), (p_ids, p_cut) in zip(queries, passages):
         first, second = bos + q_ids, sep_ids + p_ids
@@ -105,6 +106,8 @@ class LLMRerankerFamily(Family):
     """
 
     padding_side = "right"
+    supports_packing = True
+    default_instructions: ClassVar[tuple[str, str]] = DEFAULT_INSTRUCTIONS
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
         super().__init__(tokenizer, model, spec)
@@ -132,7 +135,14 @@ class LLMRerankerFamily(Family):
         hidden = self.decoder(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_positions()]
+        return self._score(hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_positions()])
+
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[np.ndarray]:
+        hidden = self.decoder(**batch.backbone_kwargs(), use_cache=False).last_hidden_state[0]
+        return self._score(hidden[batch.ends - 1])
+
+    def _score(self, last: torch.Tensor) -> list[np.ndarray]:
+        """'Yes' logit (soft-capped like the LM head) of each row's last hidden state [B, d]."""
         logits = last @ self.yes_weight
         if self.yes_bias is not None:
             logits = logits + self.yes_bias

@@ -28,7 +28,7 @@ from bge_core.models.rope import apply_rope, rope_cos_sin
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: the engine may tag `config._attn_implementation`
 class CostWiseGemmaConfig:
     """The config.json fields the model reads; defaults are Gemma2Config's / CostWiseGemmaConfig's."""
 
@@ -66,7 +66,8 @@ class CostWiseGemmaConfig:
 class Gemma2Attention(nn.Module):
     def __init__(self, config: CostWiseGemmaConfig) -> None:
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
         self.scale = config.query_pre_attn_scalar**-0.5
         self.softcap = config.attn_logit_softcapping
         bias, hidden = config.attention_bias, config.hidden_size
@@ -84,7 +85,8 @@ class Gemma2Attention(nn.Module):
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         if self.softcap is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and n > 1, scale=self.scale)
+            causal = mask is None and n > 1
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale)
         else:  # eager Gemma2 attention: soft-capped logits
             logits = torch.tanh(q @ k.transpose(2, 3) * self.scale / self.softcap) * self.softcap
             if mask is None:

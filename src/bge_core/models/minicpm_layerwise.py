@@ -27,7 +27,7 @@ from bge_core.models.rope import apply_rope, rope_cos_sin
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: the engine may tag `config._attn_implementation`
 class MiniCPMLayerwiseConfig:
     """The config.json fields the model reads; defaults are FlagEmbedding's config defaults."""
 
