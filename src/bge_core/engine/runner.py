@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from bge_core.engine import schedule
 from bge_core.engine.attention import can_pack, use_packed_attention
-from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
 
 #: Default token budget of one batch (padded rows × longest row). Large enough to keep a GPU
 #: busy on passages, small enough for an 8192-token document to fit on a modest card.
@@ -81,17 +83,30 @@ class Engine:
         order = schedule.length_order(lengths)
         budget = token_budget or self.token_budget
         results: list[Any] = []
+        in_flight: list[tuple[list[Any], int]] = []
         bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, disable=not show_progress, desc="encode")
-        for batch_indices in schedule.token_budget_batches(order, lengths, budget, padded=not self.packed):
-            def run_batch(indices: list[int]) -> list[Any]:
-                return self._forward([tokenized[i] for i in indices], options)
 
-            results.extend(schedule.run_with_oom_split(batch_indices, run_batch))
-            bar.update(sum(lengths[i] for i in batch_indices))
+        def run_batch(indices: list[int]) -> list[Any]:
+            return [self._forward([tokenized[i] for i in indices], options)]
+
+        def settle(keep: int) -> None:
+            # Finish older batches only after the next one is queued on the device, so host work
+            # (copies, dicts) overlaps device work.
+            while len(in_flight) > keep:
+                pendings, n_tokens = in_flight.pop(0)
+                for pending in pendings:
+                    results.extend(pending.finish() if isinstance(pending, Pending) else pending)
+                bar.update(n_tokens)
+
+        for batch_indices in schedule.token_budget_batches(order, lengths, budget, padded=not self.packed):
+            pendings = schedule.run_with_oom_split(batch_indices, run_batch)
+            in_flight.append((pendings, sum(lengths[i] for i in batch_indices)))
+            settle(keep=1)
+        settle(keep=0)
         bar.close()
         return schedule.restore_order(order, results)
 
-    def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> list[Any]:
+    def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> list[Any] | Pending:
         with self._forward_lock, torch.inference_mode():
             self.forward_calls += 1
             self.rows_forwarded += len(rows)
@@ -100,18 +115,28 @@ class Engine:
             return self.family.forward(self._pad(rows), options)
 
     def _pack(self, rows: list[TokenizedItem]) -> PackedBatch:
-        lengths = [len(r.ids) for r in rows]
-        offset = self.family.position_offset()
-        ids = torch.tensor([i for r in rows for i in r.ids], dtype=torch.long)
-        positions = torch.cat([torch.arange(offset, offset + n) for n in lengths])
-        cu = torch.zeros(len(rows) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+        lengths = np.array([len(r.ids) for r in rows])
+        total = int(lengths.sum())
+        ids = np.fromiter(itertools.chain.from_iterable(r.ids for r in rows), dtype=np.int64, count=total)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        positions = np.arange(total) - starts + self.family.position_offset()
+        seq_ids = np.repeat(np.arange(len(rows)), lengths)
+        cu = np.zeros(len(rows) + 1, dtype=np.int32)
+        cu[1:] = np.cumsum(lengths)
+
+        def to_device(array: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(array)
+            if self.device.type == "cuda":  # pinned, so the copy does not wait for queued kernels
+                return tensor.pin_memory().to(self.device, non_blocking=True)
+            return tensor
+
         return PackedBatch(
-            input_ids=ids.to(self.device, non_blocking=True)[None],
-            position_ids=positions.to(self.device, non_blocking=True)[None],
-            cu_seqlens=cu.to(self.device, non_blocking=True),
-            max_length=max(lengths),
-            lengths=lengths,
+            input_ids=to_device(ids)[None],
+            position_ids=to_device(positions.astype(np.int64))[None],
+            cu_seqlens=to_device(cu),
+            max_length=int(lengths.max()),
+            lengths=lengths.tolist(),
+            seq_ids=to_device(seq_ids.astype(np.int64)),
             metas=[r.meta for r in rows],
         )
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 
@@ -48,6 +50,34 @@ class Batch:
         return lengths - 1
 
 
+class Pending:
+    """A head's device outputs on their way to the host.
+
+    The copies to pinned host memory are queued without waiting, so the engine can launch the next
+    batch's forward before this one is finished; `finish` waits for the copies and turns the arrays
+    into per-row results. On CPU everything is ready at once.
+
+    Example:
+        >>> Pending({"x": torch.ones(2, 3)}, lambda host: list(host["x"])).finish()[0].shape
+        (3,)
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], build: Callable[[dict[str, np.ndarray]], list[Any]]) -> None:
+        self._build = build
+        self._event = None
+        if any(t.is_cuda for t in tensors.values()):
+            self._host = {k: t.to("cpu", non_blocking=True) for k, t in tensors.items()}
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensors
+
+    def finish(self) -> list[Any]:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._build({k: v.numpy() for k, v in self._host.items()})
+
+
 @dataclass
 class PackedBatch:
     """Sequences back to back in one row, without padding (CUDA varlen attention)."""
@@ -57,6 +87,7 @@ class PackedBatch:
     cu_seqlens: torch.Tensor  # [n + 1] int32: start of each sequence, then T
     max_length: int
     lengths: list[int]
+    seq_ids: torch.Tensor  # [T] int64: which sequence each token belongs to
     metas: list[Any] = field(default_factory=list)
 
     @property
@@ -112,10 +143,10 @@ class Family(ABC):
         """Format and tokenize `items` (the tokenizer lock is held by the caller)."""
 
     @abstractmethod
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[Any]:
-        """Run the backbone and the head on one batch; one output per row."""
+    def forward(self, batch: Batch, options: dict[str, Any]) -> list[Any] | Pending:
+        """Run the backbone and the head on one batch; one output per row (or a `Pending` of them)."""
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[Any]:
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
         """The same outputs as `forward`, from a packed batch (families with `supports_packing`)."""
         raise TypeError(f"{type(self).__name__} does not run on packed batches")
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bge_core.engine.inputs import cut
-from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
 
 
 class CrossEncoderFamily(Family):
@@ -33,22 +32,19 @@ class CrossEncoderFamily(Family):
         queries = tok([cut(q, query_max) for q, _ in items], add_special_tokens=False)["input_ids"]
         passages = tok([cut(p, max_length) for _, p in items], add_special_tokens=False)["input_ids"]
         specials = tok.num_special_tokens_to_add(pair=True)
-        out = []
-        for q_ids, p_ids in zip(queries, passages):
-            over = len(q_ids) > query_max or len(q_ids) + len(p_ids) + specials > max_length
-            q_ids, p_ids = q_ids[:query_max], p_ids[:max_length]
-            # FlagEmbedding (transformers 5) decodes the cut ids and tokenizes the pair again.
-            q_text = tok.decode(q_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            p_text = tok.decode(p_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            ids = tok(q_text, p_text, truncation="only_second", max_length=max_length)["input_ids"]
-            out.append(TokenizedItem(ids=list(ids), over_length=over))
-        return out
+        over = [len(q) > query_max or len(q) + len(p) + specials > max_length for q, p in zip(queries, passages)]
+        # FlagEmbedding (transformers 5) decodes the cut ids and tokenizes the pair again.
+        decode = dict(skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        q_texts = tok.batch_decode([q[:query_max] for q in queries], **decode)
+        p_texts = tok.batch_decode([p[:max_length] for p in passages], **decode)
+        pairs = tok(q_texts, p_texts, truncation="only_second", max_length=max_length)["input_ids"]
+        return [TokenizedItem(ids=list(ids), over_length=flag) for ids, flag in zip(pairs, over)]
 
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
+    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return list(logits[:, :1].float().cpu().numpy())
+        return _scores(logits)
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[np.ndarray]:
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         # The classification head reads only each pair's first token; run it on those rows alone.
         hidden = self.model.base_model(**batch.backbone_kwargs()).last_hidden_state[0]
         first = hidden[batch.starts].unsqueeze(1)  # [n, 1, d], the layout the heads expect
@@ -56,4 +52,8 @@ class CrossEncoderFamily(Family):
             logits = self.model.classifier(self.model.base_model.pooler(first))
         else:  # RoBERTa-style: the classifier pools the first token itself
             logits = self.model.classifier(first)
-        return list(logits[:, :1].float().cpu().numpy())
+        return _scores(logits)
+
+
+def _scores(logits: torch.Tensor) -> Pending:
+    return Pending({"scores": logits[:, :1].float()}, lambda host: list(host["scores"]))

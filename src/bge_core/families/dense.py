@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
 from bge_core.families.text import tokenize_texts
 
 _ENCODERS_WITH_POOLER = {"bert", "xlm-roberta", "roberta"}
@@ -36,9 +36,8 @@ def pool_packed(hidden: torch.Tensor, batch: PackedBatch, method: str) -> torch.
         return hidden[batch.ends - 1]
     if method == "mean":
         lengths = batch.ends - batch.starts
-        seq = torch.repeat_interleave(torch.arange(len(lengths), device=hidden.device), lengths)
         sums = torch.zeros(len(lengths), hidden.shape[1], device=hidden.device, dtype=torch.float32)
-        sums.index_add_(0, seq, hidden.float())
+        sums.index_add_(0, batch.seq_ids, hidden.float())
         return (sums / lengths[:, None]).to(hidden.dtype)
     raise ValueError(f"unknown pooling {method!r}; expected 'cls', 'mean' or 'last_token'")
 
@@ -85,16 +84,16 @@ class DenseFamily(Family):
         """Token states [T, d] of a packed batch."""
         return self.model(**batch.backbone_kwargs()).last_hidden_state[0]
 
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
+    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         vectors = pool(self.hidden_states(batch), batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[np.ndarray]:
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         vectors = pool_packed(self.hidden_states_packed(batch), batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)
 
-    def _finish(self, vectors: torch.Tensor, options: dict[str, Any]) -> list[np.ndarray]:
+    def _finish(self, vectors: torch.Tensor, options: dict[str, Any]) -> Pending:
         vectors = vectors.float()
         if options.get("normalize", self.spec.normalize):
             vectors = F.normalize(vectors, dim=-1)
-        return list(vectors.cpu().numpy())
+        return Pending({"dense": vectors}, lambda host: list(host["dense"]))

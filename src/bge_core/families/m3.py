@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bge_core.errors import ModelLoadError
-from bge_core.families.base import Batch, PackedBatch
+from bge_core.families.base import Batch, PackedBatch, Pending
 from bge_core.families.dense import DenseFamily, load_backbone
 
 
@@ -73,69 +73,86 @@ class M3Family(DenseFamily):
         sparse = load_linear_head(os.path.join(path, "sparse_linear.pt"), hidden, 1)
         return cls(tokenizer, model, spec, colbert.to(device, dtype).eval(), sparse.to(device, dtype).eval())
 
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[M3Row]:
+    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         hidden = self.hidden_states(batch)
         mask = batch.attention_mask.bool()
         # Flatten the real tokens so padded and packed batches share one head implementation.
-        first = torch.cumsum(torch.tensor([0, *batch.lengths[:-1]], device=hidden.device), 0)
-        tokens = Tokens(hidden=hidden[mask], ids=batch.input_ids[mask], lengths=batch.lengths, first=first)
+        lengths = torch.tensor(batch.lengths, device=hidden.device)
+        seq_ids = torch.repeat_interleave(torch.arange(len(batch.lengths), device=hidden.device), lengths)
+        first = torch.cumsum(lengths, 0) - lengths
+        tokens = Tokens(hidden=hidden[mask], ids=batch.input_ids[mask], lengths=batch.lengths, first=first,
+                        seq_ids=seq_ids)
         return self._heads(tokens, options)
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[M3Row]:
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         tokens = Tokens(hidden=self.hidden_states_packed(batch), ids=batch.input_ids[0], lengths=batch.lengths,
-                        first=batch.starts)
+                        first=batch.starts, seq_ids=batch.seq_ids)
         return self._heads(tokens, options)
 
-    def _heads(self, tokens: Tokens, options: dict[str, Any]) -> list[M3Row]:
-        n = len(tokens.lengths)
-        dense = sparse = colbert = None
+    def _heads(self, tokens: Tokens, options: dict[str, Any]) -> Pending:
+        """Launch every requested head; no step waits for the device (all shapes are known)."""
+        out: dict[str, torch.Tensor] = {}
         if options.get("dense", True):
             dense = tokens.hidden[tokens.first].float()
-            if options.get("normalize", self.spec.normalize):
-                dense = F.normalize(dense, dim=-1)
-            dense = dense.cpu().numpy()
+            out["dense"] = F.normalize(dense, dim=-1) if options.get("normalize", self.spec.normalize) else dense
         if options.get("sparse", False):
-            sparse = self._lexical_weights(tokens)
+            out.update(self._lexical_weights(tokens))
         if options.get("colbert", False):
-            colbert = self._colbert_vectors(tokens)
-        return [
-            M3Row(
-                dense=None if dense is None else dense[i],
-                lexical_weights=None if sparse is None else sparse[i],
-                colbert_vectors=None if colbert is None else colbert[i],
-            )
-            for i in range(n)
-        ]
+            # Every token's vector, CLS rows included: dropping them on the host avoids a device sync.
+            vecs = F.normalize(self.colbert_linear(tokens.hidden).float(), dim=-1)
+            # Half-precision runs hand back float16 vectors (as FlagEmbedding does): half the bytes to copy.
+            out["colbert"] = vecs if tokens.hidden.dtype == torch.float32 else vecs.half()
+        lengths = tokens.lengths
+        vocab = int(self.model.config.vocab_size)
 
-    def _colbert_vectors(self, tokens: Tokens) -> list[np.ndarray]:
-        """ColBERT head on every token but each text's first (CLS), L2-normalised per token."""
-        not_cls = torch.ones(tokens.hidden.shape[0], dtype=torch.bool, device=tokens.hidden.device)
-        not_cls[tokens.first] = False
-        vecs = F.normalize(self.colbert_linear(tokens.hidden[not_cls]).float(), dim=-1)
-        # Half-precision runs hand back float16 vectors (as FlagEmbedding does): half the bytes to copy.
-        out_dtype = torch.float32 if tokens.hidden.dtype == torch.float32 else torch.float16
-        flat = vecs.to(out_dtype).cpu().numpy()
-        return np.split(flat, np.cumsum([n - 1 for n in tokens.lengths])[:-1])
+        def build(host: dict[str, np.ndarray]) -> list[M3Row]:
+            dense = host.get("dense")
+            sparse = _lexical_dicts(host, len(lengths), vocab) if "sparse_keys" in host else None
+            colbert = None
+            if "colbert" in host:
+                starts = np.cumsum([0, *lengths[:-1]])
+                colbert = [host["colbert"][s + 1 : s + n] for s, n in zip(starts, lengths)]
+            return [
+                M3Row(
+                    dense=None if dense is None else dense[i],
+                    lexical_weights=None if sparse is None else sparse[i],
+                    colbert_vectors=None if colbert is None else colbert[i],
+                )
+                for i in range(len(lengths))
+            ]
 
-    def _lexical_weights(self, tokens: Tokens) -> list[dict[int, float]]:
-        """Per text the max weight of each token id, dropping special ids and weights <= 0."""
+        return Pending(out, build)
+
+    def _lexical_weights(self, tokens: Tokens) -> dict[str, torch.Tensor]:
+        """Per (text, token id) the max weight, as sorted keys; special ids and weights <= 0 dropped.
+
+        Keys are ``text * vocab + token id``; dropped tokens get a key past every real one. After a
+        sort, the first occurrence of each key opens a segment and a scatter-amax takes its max,
+        all with shapes known in advance, so nothing waits for the device.
+        """
         weights = torch.relu(self.sparse_linear(tokens.hidden)).squeeze(-1).float()
         device = weights.device
-        keep = (weights > 0) & ~torch.isin(tokens.ids, self.unused_ids.to(device))
-        seq = torch.repeat_interleave(torch.arange(len(tokens.lengths), device=device),
-                                      torch.tensor(tokens.lengths, device=device))
-        # One key per (text, token id): the max over repeats is a scatter-amax on the device.
         vocab = int(self.model.config.vocab_size)
-        keys = seq[keep] * vocab + tokens.ids[keep]
-        unique, inverse = torch.unique(keys, return_inverse=True)
-        best = torch.zeros(unique.shape[0], device=device).scatter_reduce_(
-            0, inverse, weights[keep], reduce="amax", include_self=False
-        )
-        unique, best = unique.cpu().numpy(), best.cpu().numpy()
-        bounds = np.searchsorted(unique // vocab, np.arange(len(tokens.lengths) + 1))
-        ids = (unique % vocab).tolist()
-        values = best.tolist()
-        return [dict(zip(ids[a:b], values[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+        keep = (weights > 0) & ~torch.isin(tokens.ids, self.unused_ids.to(device))
+        dropped = len(tokens.lengths) * vocab
+        keys = torch.where(keep, tokens.seq_ids * vocab + tokens.ids, dropped)
+        keys, order = torch.sort(keys)
+        opens = torch.ones_like(keys, dtype=torch.bool)
+        opens[1:] = keys[1:] != keys[:-1]
+        segment = torch.cumsum(opens.long(), 0) - 1
+        best = torch.zeros_like(weights).scatter_reduce_(0, segment, weights[order], reduce="amax",
+                                                         include_self=False)
+        return {"sparse_keys": keys, "sparse_opens": opens, "sparse_best": best}
+
+
+def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int) -> list[dict[int, float]]:
+    keys = host["sparse_keys"][host["sparse_opens"]]
+    best = host["sparse_best"][: len(keys)]
+    real = keys < n * vocab
+    keys, best = keys[real], best[real]
+    bounds = np.searchsorted(keys // vocab, np.arange(n + 1))
+    ids, values = (keys % vocab).tolist(), best.tolist()
+    return [dict(zip(ids[a:b], values[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 @dataclass
@@ -146,3 +163,4 @@ class Tokens:
     ids: torch.Tensor
     lengths: list[int]
     first: torch.Tensor
+    seq_ids: torch.Tensor

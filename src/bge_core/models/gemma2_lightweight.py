@@ -23,6 +23,7 @@ from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
 
 from bge_core.errors import ModelLoadError
 from bge_core.models.checkpoint import load_model, read_config
+from bge_core.models.minicpm_layerwise import as_layer_list
 from bge_core.models.rope import apply_rope, rope_cos_sin
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ class CostWiseGemmaConfig:
     def from_dict(cls, raw: dict[str, Any]) -> CostWiseGemmaConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
-        values.setdefault("hidden_activation", raw.get("hidden_act") or "gelu_pytorch_tanh")
+        # Gemma2MLP reads hidden_activation only (not hidden_act)
+        values["hidden_activation"] = raw.get("hidden_activation") or "gelu_pytorch_tanh"
         if "rope_theta" not in raw and isinstance(raw.get("rope_parameters"), dict):  # transformers 5 layout
             values["rope_theta"] = raw["rope_parameters"].get("rope_theta", 10000.0)
         eager = "eager" in (raw.get("attn_implementation"), raw.get("_attn_implementation"))
@@ -199,9 +201,7 @@ class CostWiseGemmaReranker(nn.Module):
 
     def select_layers(self, cutoff_layers: list[int] | int | None) -> list[int]:
         """Usable requested layers in depth order (others dropped with a warning, as FlagEmbedding)."""
-        requested = [self.config.num_hidden_layers] if cutoff_layers is None else (
-            [cutoff_layers] if isinstance(cutoff_layers, int) else list(cutoff_layers)
-        )
+        requested = as_layer_list(cutoff_layers, self.config.num_hidden_layers)
         valid = [layer for layer in requested if layer in self.usable_layers]
         if len(valid) < len(requested):
             log.warning("cutoff layers %s are not among %s; dropped", sorted(set(requested) - set(valid)),

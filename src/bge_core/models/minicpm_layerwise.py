@@ -137,6 +137,13 @@ class LayerwiseHead(nn.Module):
         self.linear_head = nn.Linear(hidden_size, 1, bias=False)
 
 
+def as_layer_list(cutoff_layers: list[int] | int | None, default: int) -> list[int]:
+    """FlagEmbedding's cutoff_layers argument as a list (None → the last layer)."""
+    if cutoff_layers is None:
+        return [default]
+    return [cutoff_layers] if isinstance(cutoff_layers, int) else list(cutoff_layers)
+
+
 def padding_mask(lengths: torch.Tensor, width: int) -> torch.Tensor | None:
     """Causal mask for right-padded rows ([B, 1, L, L], True = attend); None when nothing is padded."""
     if bool((lengths == width).all()):
@@ -175,9 +182,7 @@ class LayerwiseMiniCPMReranker(nn.Module):
         unsorted request pairs states with other layers' heads, exactly like FlagEmbedding).
         """
         n, start = self.config.num_hidden_layers, self.config.start_layer
-        requested = [n] if cutoff_layers is None else [cutoff_layers] if isinstance(cutoff_layers, int) else list(
-            cutoff_layers
-        )
+        requested = as_layer_list(cutoff_layers, n)
         valid = [layer for layer in requested if start <= layer <= n]
         if len(valid) < len(requested):
             log.warning("cutoff layers %s are outside [%d, %d]; dropped", sorted(set(requested) - set(valid)), start, n)
