@@ -14,7 +14,8 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def pairs(parity_texts_module):
     t = parity_texts_module
-    out = [(t[i], t[j]) for i in range(len(t)) for j in (0, 1, 2, len(t) - 1) if i != j]
+    empty = t.index("")
+    out = [(t[i], t[j]) for i in range(len(t)) for j in (0, 1, 2, empty, len(t) - 1) if i != j]
     out.append((t[-1], t[1]))  # an over-long query: cut to 3/4 of max_length
     return out
 

@@ -29,16 +29,28 @@ class CrossEncoderFamily(Family):
     def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
         query_max = options.get("query_max_length") or max_length * 3 // 4
         tok = self.tokenizer
-        queries = tok([cut(q, query_max) for q, _ in items], add_special_tokens=False)["input_ids"]
-        passages = tok([cut(p, max_length) for _, p in items], add_special_tokens=False)["input_ids"]
+        plain = dict(add_special_tokens=False, return_attention_mask=False)
+        queries = tok([cut(q, query_max) for q, _ in items], **plain)["input_ids"]
+        passages = tok([cut(p, max_length) for _, p in items], **plain)["input_ids"]
         specials = tok.num_special_tokens_to_add(pair=True)
         over = [len(q) > query_max or len(q) + len(p) + specials > max_length for q, p in zip(queries, passages)]
-        # FlagEmbedding (transformers 5) decodes the cut ids and tokenizes the pair again.
+        # FlagEmbedding 1.4 (transformers 5) decodes the cut ids and tokenizes the texts again; the
+        # round trip is not always the identity (unknown tokens, cut words), so it is kept as is.
         decode = dict(skip_special_tokens=False, clean_up_tokenization_spaces=False)
         q_texts = tok.batch_decode([q[:query_max] for q in queries], **decode)
         p_texts = tok.batch_decode([p[:max_length] for p in passages], **decode)
-        pairs = tok(q_texts, p_texts, truncation="only_second", max_length=max_length)["input_ids"]
-        return [TokenizedItem(ids=list(ids), over_length=flag) for ids, flag in zip(pairs, over)]
+        ids: list[list[int] | None] = [None] * len(items)
+        full = [i for i, p in enumerate(p_texts) if p]
+        # An empty passage is no second text: the query is tokenized alone (as a per-pair call does).
+        alone = [i for i, p in enumerate(p_texts) if not p]
+        for group, pair in ((full, True), (alone, False)):
+            if group:
+                second = [p_texts[i] for i in group] if pair else None
+                encoded = tok([q_texts[i] for i in group], second, truncation="only_second" if pair else True,
+                              max_length=max_length, return_attention_mask=False)["input_ids"]
+                for i, row in zip(group, encoded):
+                    ids[i] = row
+        return [TokenizedItem(ids=list(row), over_length=flag) for row, flag in zip(ids, over)]
 
     def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
