@@ -29,8 +29,14 @@ from bge_core.scoring import combine_scores, lexical_matching_score
 _ACCEPTED = {"trust_remote_code", "cache_dir", "peft_path", "use_dataloader", "num_workers", "colbert_dim"}
 
 
-def _device_and_dtype(devices: Any, use_fp16: bool, use_bf16: bool) -> tuple[str, str]:
-    """FlagEmbedding's device rule (None → first GPU, else CPU) and half precision only on GPU."""
+def _device_and_dtype(devices: Any, use_fp16: bool, use_bf16: bool) -> tuple[Any, str]:
+    """FlagEmbedding's device rule (None → first GPU, else CPU) and half precision only on GPU.
+
+    Several devices give a list: the engine keeps one replica per device (no process pool).
+    """
+    if isinstance(devices, (list, tuple)) and len(devices) > 1:
+        names = [_device_and_dtype(d, use_fp16, use_bf16)[0] for d in devices]
+        return names, _device_and_dtype(devices[0], use_fp16, use_bf16)[1]
     if isinstance(devices, (list, tuple)):
         devices = devices[0] if devices else None
     if devices is None:

@@ -49,7 +49,7 @@ class Embedder:
         self,
         model: str | Embedder,
         *,
-        device: str | torch.device | None = None,
+        device: str | torch.device | list[str] | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
         query_instruction: str | None = None,

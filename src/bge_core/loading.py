@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from bge_core.engine.runner import Engine
+from bge_core.engine.runner import DevicePool, Engine
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Family
 from bge_core.memo import OutputMemo
@@ -101,7 +102,7 @@ class LoadedModel:
     path: str
     spec: ModelSpec
     family: Family
-    engine: Engine
+    engine: Engine | DevicePool
     memo: OutputMemo
 
     @property
@@ -143,7 +144,7 @@ def family_class(name: str) -> type[Family]:
 def load_model(
     name_or_path: str,
     *,
-    device: str | torch.device | None = None,
+    device: str | torch.device | list[str | torch.device] | None = None,
     dtype: str | torch.dtype | None = None,
     family: str | None = None,
     revision: str | None = None,
@@ -154,13 +155,19 @@ def load_model(
     """Load (or reuse) a checkpoint. Every caller naming the same checkpoint, device and dtype
     gets the same weights in memory. `token` is a Hugging Face token for private or gated hub ids.
     `packed` forces padding-free batches on (or off); by default they are used wherever the
-    device supports them (CUDA with half precision).
+    device supports them (CUDA with half precision). A list of devices loads one replica on each
+    and spreads every call over all of them.
 
     Example:
         >>> m = load_model("BAAI/bge-m3", device="cpu")
         >>> m is load_model("BAAI/bge-m3", device="cpu")
         True
     """
+    if isinstance(device, (list, tuple)) and len(device) > 1:
+        return _load_on_devices(name_or_path, list(device), dtype=dtype, family=family, revision=revision,
+                                cache_dir=cache_dir, token=token, packed=packed)
+    if isinstance(device, (list, tuple)):
+        device = device[0] if device else None
     path = resolve_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token)
     spec = detect_spec(name_or_path, path)
     if family is not None and family != spec.family:
@@ -180,8 +187,26 @@ def load_model(
     return loaded
 
 
+def _load_on_devices(name_or_path: str, devices: list[Any], **kwargs: Any) -> LoadedModel:
+    """One replica per device behind a `DevicePool` (cached like a single model)."""
+    parts = [load_model(name_or_path, device=d, **kwargs) for d in devices]
+    key = ("pool", *[id(p) for p in parts])
+    with _CACHE_LOCK:
+        loaded = _POOLS.get(key)
+        if loaded is None:
+            first = parts[0]
+            pool = DevicePool([p.engine for p in parts])
+            loaded = LoadedModel(path=first.path, spec=first.spec, family=first.family, engine=pool, memo=OutputMemo())
+            _POOLS[key] = loaded
+    return loaded
+
+
+_POOLS: dict[tuple, LoadedModel] = {}
+
+
 def clear_cache() -> None:
     """Forget every loaded model (their memory is freed once no handle refers to them)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        _POOLS.clear()
 

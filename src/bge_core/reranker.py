@@ -48,7 +48,7 @@ class Reranker:
         self,
         model: str | Reranker,
         *,
-        device: str | torch.device | None = None,
+        device: str | torch.device | list[str] | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
         query_max_length: int | None = None,

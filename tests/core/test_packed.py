@@ -39,3 +39,29 @@ def test_cross_encoder_packed_matches_padded(cross_encoder_path, parity_texts):
     a = Reranker(cross_encoder_path, device="cpu", packed=False).score(pairs)
     b = Reranker(cross_encoder_path, device="cpu", packed=True).score(pairs)
     np.testing.assert_allclose(b, a, atol=1e-4)
+
+
+def test_chunked_tokenization_keeps_input_order(m3_path, parity_texts, monkeypatch):
+    from bge_core.engine import runner
+
+    texts = [f"{t} #{i}" for i, t in enumerate(parity_texts * 3)]
+    expected = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False).encode(texts, sparse=True)
+    monkeypatch.setattr(runner, "CHUNK", 5)  # several chunks, tokenized ahead in a background thread
+    got = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False).encode(texts, sparse=True)
+    np.testing.assert_allclose(got.dense, expected.dense, atol=1e-5)
+    for a, b in zip(got.lexical_weights, expected.lexical_weights, strict=True):
+        assert set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+def test_device_pool_spreads_batches_and_keeps_order(m3_path, parity_texts):
+    texts = [f"{t} #{i}" for i, t in enumerate(parity_texts * 4)]
+    single = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    pool = Embedder(m3_path, device=["cpu", "cpu"], reuse_outputs=False, batch_tokens=64)
+    assert type(pool.loaded.engine).__name__ == "DevicePool"
+    before = pool.loaded.engine.forward_calls
+    got = pool.encode(texts, sparse=True, colbert=True)
+    assert pool.loaded.engine.forward_calls - before > 2  # many small batches, pulled by two workers
+    want = single.encode(texts, sparse=True, colbert=True)
+    np.testing.assert_allclose(got.dense, want.dense, atol=1e-5)
+    for a, b in zip(got.colbert_vectors, want.colbert_vectors, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)

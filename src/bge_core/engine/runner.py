@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -12,11 +15,24 @@ from tqdm.auto import tqdm
 
 from bge_core.engine import schedule
 from bge_core.engine.attention import can_pack, use_packed_attention
+from bge_core.engine.graphs import GraphCache
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
 
 #: Default token budget of one batch (padded rows × longest row). Large enough to keep a GPU
 #: busy on passages, small enough for an 8192-token document to fit on a modest card.
 DEFAULT_TOKEN_BUDGET = {"cuda": 65536, "cpu": 16384}
+#: Inputs tokenized at a time on the packed path (the next chunk is tokenized while this one runs).
+CHUNK = 4096
+
+
+def _check_lengths(tokenized: list[TokenizedItem], max_length: int) -> None:
+    over = [i for i, t in enumerate(tokenized) if t.over_length]
+    if over:
+        shown = ", ".join(map(str, over[:20])) + (" …" if len(over) > 20 else "")
+        raise ValueError(
+            f"{len(over)} input(s) exceed max_length={max_length} tokens at index {shown}; "
+            "pass truncate=True to cut them"
+        )
 
 
 class Engine:
@@ -44,6 +60,8 @@ class Engine:
         self.packed = bool(packed) and family.supports_packing
         if packed:
             use_packed_attention(family.model)
+        # Single short inputs (online queries) replay CUDA graphs instead of launching kernels one by one.
+        self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None
         self._tokenizer_lock = threading.Lock()
         self._forward_lock = threading.Lock()
         self.forward_calls = 0  # batches run (tests and benchmarks read these)
@@ -70,49 +88,79 @@ class Engine:
         """
         if not items:
             return []
-        tokenized = self.tokenize(items, max_length, options)
-        if not truncate:
-            over = [i for i, t in enumerate(tokenized) if t.over_length]
-            if over:
-                shown = ", ".join(map(str, over[:20])) + (" …" if len(over) > 20 else "")
-                raise ValueError(
-                    f"{len(over)} input(s) exceed max_length={max_length} tokens at index {shown}; "
-                    "pass truncate=True to cut them"
-                )
-        lengths = [len(t.ids) for t in tokenized]
-        order = schedule.length_order(lengths)
-        budget = token_budget or self.token_budget
-        results: list[Any] = []
-        in_flight: list[tuple[list[Any], int]] = []
-        bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, disable=not show_progress, desc="encode")
+        results: list[Any] = [None] * len(items)
+        stream = self.batches(items, max_length, options, truncate, token_budget or self.token_budget)
+        with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
+            self.drive(stream, options, results, bar)
+        return results
 
-        def run_batch(indices: list[int]) -> list[Any]:
-            return [self._forward([tokenized[i] for i in indices], options)]
+    def batches(
+        self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int
+    ) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+        """(input indices, tokenized rows) of each batch, longest inputs first.
+
+        Packed batches waste nothing on length differences, so with truncation on they are built
+        from chunks of the input, each tokenized in a background thread while the device works on
+        the previous one. Padded batches (and `truncate=False`, which must see every input first)
+        tokenize everything, then sort globally.
+        """
+        chunk = CHUNK if self.packed and truncate else len(items)
+        spans = [(start, items[start : start + chunk]) for start in range(0, len(items), chunk)]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            futures = [pool.submit(self.tokenize, part, max_length, options) for _, part in spans[:2]]
+            for k, (start, _) in enumerate(spans):
+                tokenized = futures[k].result()
+                if k + 2 < len(spans):
+                    futures.append(pool.submit(self.tokenize, spans[k + 2][1], max_length, options))
+                if not truncate:
+                    _check_lengths(tokenized, max_length)
+                lengths = [len(t.ids) for t in tokenized]
+                order = schedule.length_order(lengths)
+                for group in schedule.token_budget_batches(order, lengths, budget, padded=not self.packed):
+                    yield [start + i for i in group], [tokenized[i] for i in group]
+
+    def drive(self, stream: Iterator[tuple[list[int], list[TokenizedItem]]], options: dict[str, Any],
+              results: list[Any], bar: Any, lock: threading.Lock | None = None) -> None:
+        """Run batches from `stream` on this engine, writing each output at its input index.
+
+        A batch's host-side work (copies, building dicts) is done only after the next batch is
+        queued on the device, so the two overlap. Several engines may share one `stream` (`lock`).
+        """
+        in_flight: list[tuple[list[int], list[Any]]] = []
 
         def settle(keep: int) -> None:
-            # Finish older batches only after the next one is queued on the device, so host work
-            # (copies, dicts) overlaps device work.
             while len(in_flight) > keep:
-                pendings, n_tokens = in_flight.pop(0)
-                for pending in pendings:
-                    results.extend(pending.finish() if isinstance(pending, Pending) else pending)
-                bar.update(n_tokens)
+                indices, pendings = in_flight.pop(0)
+                outputs = [o for p in pendings for o in (p.finish() if isinstance(p, Pending) else p)]
+                for index, output in zip(indices, outputs):
+                    results[index] = output
+                bar.update(len(indices))
 
-        for batch_indices in schedule.token_budget_batches(order, lengths, budget, padded=not self.packed):
-            pendings = schedule.run_with_oom_split(batch_indices, run_batch)
-            in_flight.append((pendings, sum(lengths[i] for i in batch_indices)))
+        while True:
+            with lock or contextlib.nullcontext():
+                nxt = next(stream, None)
+            if nxt is None:
+                break
+            indices, rows = nxt
+
+            def run_part(part: list[int], rows: list[TokenizedItem] = rows) -> list[Any]:
+                return [self._forward([rows[i] for i in part], options)]
+
+            in_flight.append((indices, schedule.run_with_oom_split(list(range(len(rows))), run_part)))
             settle(keep=1)
         settle(keep=0)
-        bar.close()
-        return schedule.restore_order(order, results)
 
     def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> list[Any] | Pending:
         with self._forward_lock, torch.inference_mode():
             self.forward_calls += 1
             self.rows_forwarded += len(rows)
-            if self.packed:
-                return self.family.forward_packed(self._pack(rows), options)
-            return self.family.forward(self._pad(rows), options)
+            if not self.packed:
+                return self.family.forward(self._pad(rows), options)
+            batch = self._pack(rows)
+            hidden = self.graphs.backbone(batch) if self.graphs is not None and self.graphs.fits(batch) else None
+            if hidden is None:
+                hidden = self.family.backbone_packed(batch)
+            return self.family.heads_packed(hidden, batch, options)
 
     def _pack(self, rows: list[TokenizedItem]) -> PackedBatch:
         lengths = np.array([len(r.ids) for r in rows])
@@ -160,3 +208,58 @@ class Engine:
             padding_side=self.family.padding_side,
             metas=[r.meta for r in rows],
         )
+
+
+class DevicePool:
+    """One persistent engine (and worker thread) per device; every batch goes to whichever device
+    asks for work next, so the split follows tokens, not item counts.
+
+    Example:
+        >>> pool = DevicePool([Engine(family_on_gpu0, torch.device("cuda:0")),
+        ...                    Engine(family_on_gpu1, torch.device("cuda:1"))])
+        >>> outputs = pool.run(texts, max_length=512, options={})
+    """
+
+    def __init__(self, engines: list[Engine]) -> None:
+        self.engines = engines
+        self.device = engines[0].device
+        self.packed = engines[0].packed
+        self.token_budget = engines[0].token_budget
+        self._workers = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="bge-device")
+
+    @property
+    def family(self) -> Family:
+        return self.engines[0].family
+
+    @property
+    def rows_forwarded(self) -> int:
+        return sum(e.rows_forwarded for e in self.engines)
+
+    @property
+    def forward_calls(self) -> int:
+        return sum(e.forward_calls for e in self.engines)
+
+    def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
+        return self.engines[0].tokenize(items, max_length, options)
+
+    def run(
+        self,
+        items: list[Any],
+        *,
+        max_length: int,
+        options: dict[str, Any],
+        truncate: bool = True,
+        token_budget: int | None = None,
+        show_progress: bool = False,
+    ) -> list[Any]:
+        """`Engine.run` spread over every device; outputs in input order."""
+        if not items:
+            return []
+        results: list[Any] = [None] * len(items)
+        stream = self.engines[0].batches(items, max_length, options, truncate, token_budget or self.token_budget)
+        lock = threading.Lock()
+        with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
+            jobs = [self._workers.submit(e.drive, stream, options, results, bar, lock) for e in self.engines]
+            for job in jobs:
+                job.result()  # re-raises a worker's error here
+        return results

@@ -120,7 +120,7 @@ class Family(ABC):
 
     padding_side: ClassVar[Literal["left", "right"]] = "right"
     pad_to_multiple_of: ClassVar[int | None] = None
-    #: Families that implement `forward_packed` run padding-free on CUDA.
+    #: Families that implement `backbone_packed` / `heads_packed` run padding-free on CUDA.
     supports_packing: ClassVar[bool] = False
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
@@ -146,9 +146,16 @@ class Family(ABC):
     def forward(self, batch: Batch, options: dict[str, Any]) -> list[Any] | Pending:
         """Run the backbone and the head on one batch; one output per row (or a `Pending` of them)."""
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
-        """The same outputs as `forward`, from a packed batch (families with `supports_packing`)."""
+    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
+        """Token states [T, d] of a packed batch (families with `supports_packing`)."""
         raise TypeError(f"{type(self).__name__} does not run on packed batches")
+
+    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
+        """The same outputs as `forward`, from the token states of a packed batch."""
+        raise TypeError(f"{type(self).__name__} does not run on packed batches")
+
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
+        return self.heads_packed(self.backbone_packed(batch), batch, options)
 
     def position_offset(self) -> int:
         """First position id of a sequence: RoBERTa-style models count from padding_idx + 1."""

@@ -56,9 +56,11 @@ class CrossEncoderFamily(Family):
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return _scores(logits)
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
+    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
+        return self.model.base_model(**batch.backbone_kwargs()).last_hidden_state[0]
+
+    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         # The classification head reads only each pair's first token; run it on those rows alone.
-        hidden = self.model.base_model(**batch.backbone_kwargs()).last_hidden_state[0]
         first = hidden[batch.starts].unsqueeze(1)  # [n, 1, d], the layout the heads expect
         if getattr(self.model.base_model, "pooler", None) is not None:  # BERT-style: pooler, then classifier
             logits = self.model.classifier(self.model.base_model.pooler(first))

@@ -79,16 +79,15 @@ class DenseFamily(Family):
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
-    def hidden_states_packed(self, batch: PackedBatch) -> torch.Tensor:
-        """Token states [T, d] of a packed batch."""
+    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
         return self.model(**batch.backbone_kwargs()).last_hidden_state[0]
 
     def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         vectors = pool(self.hidden_states(batch), batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
-        vectors = pool_packed(self.hidden_states_packed(batch), batch, options.get("pooling") or self.spec.pooling)
+    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
+        vectors = pool_packed(hidden, batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)
 
     def _finish(self, vectors: torch.Tensor, options: dict[str, Any]) -> Pending:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer
 
 from bge_core.errors import ModelLoadError
-from bge_core.families.base import Batch, Family, TokenizedItem
-from bge_core.families.llm_reranker import DEFAULT_INSTRUCTIONS, DEFAULT_PROMPT, tokenize_pairs
+from bge_core.families.base import Batch, Family, Pending, TokenizedItem
+from bge_core.families.llm_reranker import DEFAULT_INSTRUCTIONS, DEFAULT_PROMPT, score_rows, tokenize_pairs
 from bge_core.models.minicpm_layerwise import LayerwiseMiniCPMReranker
 
 
@@ -35,7 +34,7 @@ class LayerwiseRerankerFamily(Family):
     def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
         return tokenize_pairs(self.tokenizer, items, max_length, options, default_prompt=DEFAULT_PROMPT, add_bos=True)
 
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
+    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         lengths = torch.tensor(batch.lengths, device=batch.input_ids.device)
         scores = self.model.score(batch.input_ids, lengths, options.get("cutoff_layers"))
-        return list(scores.cpu().numpy())
+        return score_rows(scores)

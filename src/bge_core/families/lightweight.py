@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer
 
 from bge_core.errors import ModelLoadError
-from bge_core.families.base import Batch, Family, TokenizedItem
-from bge_core.families.llm_reranker import DEFAULT_INSTRUCTIONS, tokenize_pairs
+from bge_core.families.base import Batch, Family, Pending, TokenizedItem
+from bge_core.families.llm_reranker import DEFAULT_INSTRUCTIONS, score_rows, tokenize_pairs
 from bge_core.models.gemma2_lightweight import CostWiseGemmaReranker
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
@@ -39,7 +38,7 @@ class LightweightRerankerFamily(Family):
     def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
         return tokenize_pairs(self.tokenizer, items, max_length, options, default_prompt=DEFAULT_PROMPT, add_bos=True)
 
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
+    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         device = batch.input_ids.device
         compress_layers = options.get("compress_layers")
         scores = self.model.score(
@@ -51,4 +50,4 @@ class LightweightRerankerFamily(Family):
             compress_ratio=options.get("compress_ratio") or 1,
             compress_layers=DEFAULT_COMPRESS_LAYERS if compress_layers is None else compress_layers,
         )
-        return list(scores.cpu().numpy())
+        return score_rows(scores)

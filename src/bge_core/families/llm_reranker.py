@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bge_core.engine.inputs import cut
-from bge_core.families.base import Batch, Family, PackedBatch, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
 
 DEFAULT_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -131,21 +130,31 @@ class LLMRerankerFamily(Family):
             self.tokenizer, items, max_length, options, default_prompt=DEFAULT_PROMPT, add_bos=self.add_bos
         )
 
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[np.ndarray]:
+    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         hidden = self.decoder(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
         ).last_hidden_state
         return self._score(hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_positions()])
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[np.ndarray]:
-        hidden = self.decoder(**batch.backbone_kwargs(), use_cache=False).last_hidden_state[0]
+    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
+        return self.decoder(**batch.backbone_kwargs(), use_cache=False).last_hidden_state[0]
+
+    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         return self._score(hidden[batch.ends - 1])
 
-    def _score(self, last: torch.Tensor) -> list[np.ndarray]:
+    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
+        return self.heads_packed(self.backbone_packed(batch), batch, options)
+
+    def _score(self, last: torch.Tensor) -> Pending:
         """'Yes' logit (soft-capped like the LM head) of each row's last hidden state [B, d]."""
         logits = last @ self.yes_weight
         if self.yes_bias is not None:
             logits = logits + self.yes_bias
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
-        return list(logits.float()[:, None].cpu().numpy())
+        return score_rows(logits[:, None])
+
+
+def score_rows(scores: torch.Tensor) -> Pending:
+    """Per-row float32 score arrays from a [B, k] tensor, copied to the host without blocking."""
+    return Pending({"scores": scores.float()}, lambda host: list(host["scores"]))

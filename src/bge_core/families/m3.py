@@ -84,9 +84,9 @@ class M3Family(DenseFamily):
                         seq_ids=seq_ids)
         return self._heads(tokens, options)
 
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
-        tokens = Tokens(hidden=self.hidden_states_packed(batch), ids=batch.input_ids[0], lengths=batch.lengths,
-                        first=batch.starts, seq_ids=batch.seq_ids)
+    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
+        tokens = Tokens(hidden=hidden, ids=batch.input_ids[0], lengths=batch.lengths, first=batch.starts,
+                        seq_ids=batch.seq_ids)
         return self._heads(tokens, options)
 
     def _heads(self, tokens: Tokens, options: dict[str, Any]) -> Pending:
