@@ -237,8 +237,24 @@ def section_cpu(args: argparse.Namespace) -> None:
     record("FlagEmbedding FlagModel (fp32)", "passages 2k, CPU", "dense", s, tokens, 0.0)
 
 
+def section_profile(args: argparse.Namespace) -> None:
+    """Where a passages run spends its time: tokenization alone, then each output mode."""
+    from bge_core import Embedder
+
+    path = W.build_m3(f"{CK}/m3")
+    texts = W.passages()
+    tokens = W.words(texts) + 2 * len(texts)
+    ours = Embedder(path, device=args.device, dtype="bf16", reuse_outputs=False)
+    ours.encode(texts[:256])
+    s, _ = timed(lambda: ours.loaded.engine.tokenize(texts, 512, {}), repeats=3)
+    record("bge-plugins tokenization only", "passages", "-", s, tokens, 0.0)
+    for mode, kw in {"dense": {}, "dense+sparse": dict(sparse=True), "all3": dict(sparse=True, colbert=True)}.items():
+        s, peak = timed(lambda: ours.encode(texts, **kw), repeats=3)
+        record("bge-plugins Embedder (bf16)", "passages", mode, s, tokens, peak)
+
+
 SECTIONS = {"m3": section_m3, "rerank": section_rerank, "gemma": section_gemma, "latency": section_latency,
-            "multi_gpu": section_multi_gpu, "cpu": section_cpu}
+            "multi_gpu": section_multi_gpu, "cpu": section_cpu, "profile": section_profile}
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ class Engine:
         # Packed batches carry no padding: attention runs on variable-length sequences (CUDA). On CPU
         # packing is used only when asked for (each sequence then runs SDPA alone; tests use it).
         self.packed = bool(packed) and family.supports_packing
-        if packed:
+        if self.packed:
             use_packed_attention(family.model)
         # Single short inputs (online queries) replay CUDA graphs instead of launching kernels one by one.
         self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None
