@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import pickle
 import shutil
 import time
 
@@ -61,17 +62,30 @@ class TestConfig:
         emb = BGEEmbedding(core)
         assert emb.embedder is core  # used as it is
         data = json.loads(emb.to_json())
-        assert data["model_name"] == core.loaded.path
+        assert data["model_name"] == core.name
         assert data["query_instruction"] == "Find: " and data["max_length"] == 40
         assert data["device"] == "cpu" and data["dtype"] == "float32"
         rebuilt = BGEEmbedding.from_dict(data)
         assert rebuilt.get_query_embedding("q") == emb.get_query_embedding("q")
+
+    def test_pickles_by_config(self, dense_path):
+        emb = BGEEmbedding(dense_path, device="cpu", query_instruction="Q: ")
+        again = pickle.loads(pickle.dumps(emb))  # how multi-process ingestion ships transformations
+        assert again.to_dict() == emb.to_dict()
+        assert again.get_query_embedding("x") == emb.get_query_embedding("x")
+
+    def test_misspelt_option_fails(self, dense_path):
+        with pytest.raises(ValueError, match="devcie"):
+            BGEEmbedding(dense_path, devcie="cpu")
 
     def test_options_over_a_loaded_embedder(self, dense_path):
         core = Embedder(dense_path, device="cpu", query_instruction="Find: ")
         emb = BGEEmbedding(core, max_length=16)
         assert emb.embedder is not core and emb.embedder.loaded is core.loaded
         assert emb.embedder.max_length == 16
+        assert emb.embedder.query_instruction == "Find: "  # the given object's other settings stay
+        with pytest.raises(ValueError, match="device"):
+            BGEEmbedding(core, device="cpu")  # a loaded model keeps its place; a config saying otherwise would lie
 
 
 class TestInstructions:

@@ -118,6 +118,11 @@ class TestPostprocess:
         want = 1 / (1 + np.exp(-np.asarray([n.score for n in raw])))
         assert np.allclose([n.score for n in sig], want, atol=1e-6)
         assert all(0 < n.score < 1 for n in sig)
+        own = BGEReranker(Reranker(reranker.reranker, normalize=True), top_n=8)  # a loaded reranker's own choice
+        assert own.normalize is True
+        assert [n.score for n in own.postprocess_nodes(retrieved(), query_str=QUERY)] == pytest.approx(
+            [n.score for n in sig], abs=1e-6
+        )
 
     def test_top_n(self, reranker):
         assert len(BGEReranker(reranker.reranker, top_n=1).postprocess_nodes(retrieved(), query_str=QUERY)) == 1
@@ -186,10 +191,17 @@ class TestConfig:
         assert again.reranker.loaded is rr.reranker.loaded
         assert again.reranker.max_length == 128
 
+    def test_misspelt_option_fails(self, cross_encoder_path):
+        with pytest.raises(ValueError, match="topn"):
+            BGEReranker(cross_encoder_path, topn=3)
+
     def test_loaded_reranker_serialises_as_its_path(self, core_reranker):
         rr = BGEReranker(core_reranker)
         assert rr.reranker is core_reranker
         data = json.loads(rr.to_json())
-        assert data["model_name"] == core_reranker.loaded.path
+        assert data["model_name"] == core_reranker.name
         assert data["device"] == "cpu" and data["dtype"] == "float32"
         assert BGEReranker.from_dict(data).reranker.loaded is core_reranker.loaded
+        assert BGEReranker(core_reranker, max_length=64).reranker.loaded is core_reranker.loaded
+        with pytest.raises(ValueError, match="dtype"):
+            BGEReranker(core_reranker, dtype="fp16")

@@ -106,18 +106,25 @@ class Engine:
         """
         chunk = CHUNK if self.packed and truncate else len(items)
         spans = [(start, items[start : start + chunk]) for start in range(0, len(items), chunk)]
+        if len(spans) == 1:  # nothing to overlap with (e.g. one online query): no helper thread
+            yield from self._batches_of(0, self.tokenize(items, max_length, options), max_length, truncate, budget)
+            return
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures = [pool.submit(self.tokenize, part, max_length, options) for _, part in spans[:2]]
             for k, (start, _) in enumerate(spans):
                 tokenized = futures[k].result()
                 if k + 2 < len(spans):
                     futures.append(pool.submit(self.tokenize, spans[k + 2][1], max_length, options))
-                if not truncate:
-                    _check_lengths(tokenized, max_length)
-                lengths = [len(t.ids) for t in tokenized]
-                order = schedule.length_order(lengths)
-                for group in schedule.token_budget_batches(order, lengths, budget, padded=not self.packed):
-                    yield [start + i for i in group], [tokenized[i] for i in group]
+                yield from self._batches_of(start, tokenized, max_length, truncate, budget)
+
+    def _batches_of(self, start: int, tokenized: list[TokenizedItem], max_length: int, truncate: bool,
+                    budget: int) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+        if not truncate:
+            _check_lengths(tokenized, max_length)
+        lengths = [len(t.ids) for t in tokenized]
+        order = schedule.length_order(lengths)
+        for group in schedule.token_budget_batches(order, lengths, budget, padded=not self.packed):
+            yield [start + i for i in group], [tokenized[i] for i in group]
 
     def drive(self, stream: Iterator[tuple[list[int], list[TokenizedItem]]], options: dict[str, Any],
               results: list[Any], bar: Any, lock: threading.Lock | None = None) -> None:
@@ -174,9 +181,12 @@ class Engine:
 
         def to_device(array: np.ndarray) -> torch.Tensor:
             tensor = torch.from_numpy(array)
-            if self.device.type == "cuda":  # pinned, so the copy does not wait for queued kernels
-                return tensor.pin_memory().to(self.device, non_blocking=True)
-            return tensor
+            if self.device.type != "cuda":
+                return tensor
+            if total < 4096:  # pinning costs more than a small copy saves (online queries)
+                return tensor.to(self.device)
+            # Pinned, so the copy does not wait for kernels already queued.
+            return tensor.pin_memory().to(self.device, non_blocking=True)
 
         return PackedBatch(
             input_ids=to_device(ids)[None],

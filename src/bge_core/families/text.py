@@ -15,6 +15,8 @@ def tokenize_texts(tokenizer: Any, texts: list[str], max_length: int, **kwargs: 
     not fit, and only those few are tokenized again at `max_length`.
     """
     cut_texts = [cut(t, max_length) for t in texts]
+    # Only ids are used: skipping the mask halves the Python objects built per token.
+    kwargs = {"return_attention_mask": False, "return_token_type_ids": False, **kwargs}
     probe = tokenizer(cut_texts, truncation=True, max_length=max_length + 1, **kwargs)["input_ids"]
     over = [len(ids) > max_length or len(t) > char_limit(max_length) for ids, t in zip(probe, texts)]
     redo = [i for i, flag in enumerate(over) if flag]
