@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from bge_core import Embedder, ModelLoadError
 from bge_core.registry import EN_QUERY_INSTRUCTION
 from bge_langchain import BGEEmbeddings, BGEM3SparseEmbeddings
+from tests.fixtures.checkpoints import CORPUS
 
 QUERY = "what do pandas eat?"
 DOCS = ["Pandas eat bamboo shoots and leaves almost exclusively.", "Paris is the capital of France.", ""]
@@ -121,7 +122,9 @@ def test_one_model_shared(m3_path: str) -> None:
 
 async def test_event_loop_stays_responsive(dense_path: str) -> None:
     emb = BGEEmbeddings(model_name=dense_path, device="cpu")
-    texts = [f"{i} " + " ".join(DOCS[:2] * 4) for i in range(2500)]
+    # A typical ingest batch: 600 chunks of ~500 tokens (a few seconds on the tiny model on 2 cores).
+    words = " ".join(CORPUS * 8).split()
+    texts = [" ".join([str(i), *words[i % 50 : i % 50 + 180]]) for i in range(600)]
     tick, lags = 0.005, []
     done = asyncio.Event()
 

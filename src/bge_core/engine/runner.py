@@ -23,6 +23,8 @@ from bge_core.families.base import Batch, Family, PackedBatch, Pending, Tokenize
 DEFAULT_TOKEN_BUDGET = {"cuda": 65536, "cpu": 16384}
 #: Inputs tokenized at a time on the packed path (the next chunk is tokenized while this one runs).
 CHUNK = 4096
+#: Inputs per tokenizer call.
+TOKENIZE_SLICE = 256
 
 
 def _check_lengths(tokenized: list[TokenizedItem], max_length: int) -> None:
@@ -68,8 +70,13 @@ class Engine:
         self.rows_forwarded = 0
 
     def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
-        with self._tokenizer_lock:
-            return self.family.tokenize(items, max_length, options)
+        """Tokenize in slices: freeing one huge batch of tokenizer results holds the GIL long enough
+        to stall other threads (an event loop waiting on this work) for 100 ms and more."""
+        out: list[TokenizedItem] = []
+        for start in range(0, len(items), TOKENIZE_SLICE):
+            with self._tokenizer_lock:
+                out.extend(self.family.tokenize(items[start : start + TOKENIZE_SLICE], max_length, options))
+        return out
 
     def run(
         self,

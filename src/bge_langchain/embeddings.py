@@ -1,0 +1,157 @@
+"""`BGEEmbeddings`: BGE dense embeddings (v1.5, BGE-M3, LLM embedders) as a LangChain `Embeddings`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from bge_core import Embedder
+
+
+def core_embedder(
+    model_name: str | Path | Embedder, *, device: str | None, dtype: str | None, **overrides: Any
+) -> Embedder:
+    """The core `Embedder` an adapter runs on.
+
+    Loading goes through core's cache, so adapters naming the same checkpoint, device and dtype share
+    one copy of the weights (and, for BGE-M3, one forward per text for dense + sparse).
+    A loaded `Embedder` is used as it is unless an override is given.
+
+    Example:
+        >>> core_embedder("BAAI/bge-m3", device="cpu", dtype=None, max_length=1024).family
+        'm3'
+    """
+    if isinstance(model_name, Embedder):
+        if device is not None or dtype is not None:
+            raise ValueError("device and dtype come from the loaded Embedder given as model_name; leave them unset")
+        if all(value is None for value in overrides.values()):
+            return model_name  # keeps every setting its creator chose
+        return Embedder(model_name, **overrides)
+    return Embedder(os.fspath(model_name), device=device, dtype=dtype, **overrides)
+
+
+def check_texts(texts: Any) -> list[str]:
+    """`texts` as a list, refusing a bare string (LangChain passes lists; a str here is a caller bug).
+
+    Items are checked by core, which names the index of a non-str item.
+
+    Example:
+        >>> check_texts(("a", "b"))
+        ['a', 'b']
+    """
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
+        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
+    return list(texts)
+
+
+def check_query(text: Any) -> str:
+    """`text` itself when it is a str, else a TypeError.
+
+    Example:
+        >>> check_query("what is BGE?")
+        'what is BGE?'
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be str, got {type(text).__name__}")
+    return text
+
+
+class BGEEmbeddings(BaseModel, Embeddings):
+    """BGE dense embeddings for LangChain, on the shared `bge_core` engine.
+
+    `embed_query` puts the model's query instruction before the text (from the model registry,
+    e.g. bge-*-en-v1.5's "Represent this sentence for searching relevant passages: "; none for
+    BGE-M3); `embed_documents` does not. Vectors are lists of Python floats, L2-normalised unless
+    ``normalize=False``. The async methods run in a worker thread and never block the event loop.
+
+    With BGE-M3, a `BGEM3SparseEmbeddings` naming the same checkpoint (and device, dtype,
+    max_length, with `normalize` left on) shares the weights, and a Milvus hybrid insert through
+    both costs one forward per text.
+
+    Example:
+        .. code-block:: python
+
+            from bge_langchain import BGEEmbeddings
+
+            embeddings = BGEEmbeddings(model_name="BAAI/bge-small-en-v1.5")
+            query_vector = embeddings.embed_query("What is BGE?")
+            doc_vectors = embeddings.embed_documents(["BGE turns text into vectors."])
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), arbitrary_types_allowed=True)
+
+    model_name: str | Path | Embedder = "BAAI/bge-m3"
+    """Hub id, local checkpoint directory, or a loaded `bge_core.Embedder` (shares its weights; used as
+    it is unless max_length, query_instruction, normalize or batch_tokens is given here)."""
+    device: str | None = None
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"``…; default: first GPU if any, else CPU."""
+    dtype: str | None = None
+    """``"bf16"``, ``"fp16"`` or ``"fp32"``; default bf16 on CUDA, fp32 on CPU."""
+    batch_tokens: int | None = None
+    """Token budget of one batch (default chosen per device by core)."""
+    max_length: int | None = None
+    """Tokens per text (default: the model's)."""
+    query_instruction: str | None = None
+    """Text put before queries. None: the registry's default for the model; ``""``: none."""
+    normalize: bool | None = None
+    """L2-normalise vectors. None: the model's default (normalised for every BGE model)."""
+    truncate: bool = True
+    """Cut over-long texts to `max_length`; False raises ValueError listing the indices."""
+    show_progress: bool = False
+    """Show a progress bar while encoding."""
+
+    _embedder: Embedder = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        # Load now so a bad path or a non-embedding checkpoint fails at construction.
+        self._embedder = core_embedder(
+            self.model_name, device=self.device, dtype=self.dtype, max_length=self.max_length,
+            query_instruction=self.query_instruction, normalize=self.normalize, batch_tokens=self.batch_tokens,
+        )
+
+    @property
+    def embedder(self) -> Embedder:
+        """The core `Embedder` doing the work (shared with other adapters naming the same model)."""
+        return self._embedder
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        """Embed documents (no query instruction).
+
+        Args:
+            texts: the documents; ``""`` is valid.
+
+        Returns:
+            One list of floats per text, in input order.
+
+        Raises:
+            TypeError: `texts` is a bare string, or an item is not a str (its index is named).
+        """
+        out = self._embedder.encode_documents(
+            check_texts(texts), dense=True, truncate=self.truncate, show_progress=self.show_progress
+        )
+        return out.dense.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        """Embed a query, with the model's query instruction in front.
+
+        Raises:
+            TypeError: `text` is not a str.
+        """
+        out = self._embedder.encode_queries(
+            [check_query(text)], dense=True, truncate=self.truncate, show_progress=self.show_progress
+        )
+        return out.dense[0].tolist()
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        """`embed_documents` in a worker thread: the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        """`embed_query` in a worker thread: the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.embed_query, text)
