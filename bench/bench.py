@@ -266,11 +266,13 @@ def main() -> None:
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
-    for name in ("FlagEmbedding", "sentence_transformers"):
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("FlagEmbedding", "sentence-transformers"):
         try:
-            versions[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            versions[name] = "?"
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
     print(f"card: {card}; {versions}", flush=True)
     for name in args.only.split(","):
         SECTIONS[name](args)
