@@ -199,7 +199,7 @@ def index(input_path: str, collection: str, uri: str, token: str, model: str, de
             rows = coll.count()
         embedded = embedder.loaded.engine.rows_forwarded - before
         click.echo(f"indexed {total} texts from {input_path} into {collection!r} at {uri} in "
-                   f"{time.perf_counter() - start:.1f} s ({embedded} embedded, the rest already stored); "
+                   f"{time.perf_counter() - start:.1f} s ({embedded} embedded, {max(total - embedded, 0)} unchanged); "
                    f"the collection holds {rows} rows")
 
 

@@ -21,6 +21,7 @@ import torch
 
 from bge_core.embedder import Embedder
 from bge_core.engine.inputs import as_pair_list
+from bge_core.loading import half_precision_dtype, resolve_device
 from bge_core.reranker import Reranker
 from bge_core.scoring import colbert_score as _colbert_score
 from bge_core.scoring import combine_scores, lexical_matching_score
@@ -35,19 +36,12 @@ def _device_and_dtype(devices: Any, use_fp16: bool, use_bf16: bool) -> tuple[Any
     Several devices give a list: the engine keeps one replica per device (no process pool).
     """
     if isinstance(devices, (list, tuple)) and len(devices) > 1:
-        names = [_device_and_dtype(d, use_fp16, use_bf16)[0] for d in devices]
-        return names, _device_and_dtype(devices[0], use_fp16, use_bf16)[1]
-    if isinstance(devices, (list, tuple)):
-        devices = devices[0] if devices else None
-    if devices is None:
-        device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    elif isinstance(devices, int):
-        device = f"cuda:{devices}"
+        names: Any = [str(resolve_device(d)) for d in devices]
     else:
-        device = str(devices)
-    if device.startswith("cpu"):
-        return device, "fp32"
-    return device, "bf16" if use_bf16 else "fp16" if use_fp16 else "fp32"
+        if isinstance(devices, (list, tuple)):
+            devices = devices[0] if devices else None
+        names = str(resolve_device(devices))
+    return names, half_precision_dtype(names, use_fp16, use_bf16)
 
 
 def _check_kwargs(kwargs: dict[str, Any], extra: set[str] = frozenset()) -> None:

@@ -12,12 +12,13 @@ import torch
 from bge_core.engine.inputs import as_text_list
 from bge_core.families.m3 import M3Row
 from bge_core.families.text import apply_instruction
+from bge_core.handle import ModelHandle
 from bge_core.loading import LoadedModel, load_model
 from bge_core.registry import LLM_EMBEDDER_INSTRUCTIONS
 from bge_core.types import Embeddings
 
 
-class Embedder:
+class Embedder(ModelHandle):
     """A BGE embedding model ready to encode.
 
     Args:
@@ -105,6 +106,12 @@ class Embedder:
     def dim(self) -> int:
         """Length of a dense vector."""
         return int(self.loaded.family.model.config.hidden_size)
+
+    @property
+    def colbert_dim(self) -> int | None:
+        """Length of a ColBERT vector (BGE-M3), None for models without a ColBERT head."""
+        head = getattr(self.loaded.family, "colbert_linear", None)
+        return None if head is None else int(head.out_features)
 
     @property
     def vocab_size(self) -> int:

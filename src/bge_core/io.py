@@ -88,6 +88,8 @@ def read_records(
         ['What is BGE-M3?', 'Where do pandas live?']
     """
     name = os.fspath(path)
+    if os.path.isdir(name):
+        raise InputError(f"{name}: is a directory, not a file")
     kind = input_format(name)
     if kind == "parquet":
         return _read_parquet(name, text_field, id_field, batch_rows)

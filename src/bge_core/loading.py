@@ -59,6 +59,21 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}") from None
 
 
+def half_precision_dtype(device: Any, use_fp16: bool, use_bf16: bool = False) -> str:
+    """FlagEmbedding's and pymilvus-model's precision switches as a dtype: half precision only
+    where it is fast and supported (a GPU); always fp32 on CPU.
+
+    Example:
+        >>> half_precision_dtype("cuda:0", use_fp16=True), half_precision_dtype("cpu", use_fp16=True)
+        ('fp16', 'fp32')
+    """
+    on_cpu = str(resolve_device(device[0] if isinstance(device, (list, tuple)) and device else device)).startswith(
+        "cpu")
+    if on_cpu or not (use_fp16 or use_bf16):
+        return "fp32"
+    return "bf16" if use_bf16 else "fp16"
+
+
 def resolve_path(
     name_or_path: str, *, revision: str | None = None, cache_dir: str | None = None, token: str | None = None
 ) -> str:

@@ -10,6 +10,7 @@ import torch
 
 from bge_core.engine.inputs import as_pair_list, as_text_list
 from bge_core.families.text import apply_instruction
+from bge_core.handle import ModelHandle
 from bge_core.loading import LoadedModel, load_model
 from bge_core.types import RerankHit
 
@@ -19,7 +20,7 @@ def sigmoid(scores: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-scores.astype(np.float64)))).astype(np.float32)
 
 
-class Reranker:
+class Reranker(ModelHandle):
     """A BGE reranker: scores (query, passage) pairs.
 
     Args:

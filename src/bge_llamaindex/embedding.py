@@ -14,14 +14,6 @@ if TYPE_CHECKING:
 DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
 
 
-def where_loaded(loaded: Any) -> dict[str, Any]:
-    """Device(s) and dtype of a loaded core model, spelt as `Embedder` / `Reranker` accept them."""
-    engines = getattr(loaded.engine, "engines", None)  # a multi-device pool
-    device = [str(e.device) for e in engines] if engines else str(loaded.device)
-    # e.g. "float32", a spelling the `dtype=` option accepts.
-    return {"device": device, "dtype": str(loaded.family.model.dtype).rpartition(".")[2]}
-
-
 def check_no_placement(given: dict[str, Any]) -> None:
     """A loaded model stays where it is: device or dtype options next to one are an error."""
     placed = sorted({"device", "dtype"} & set(given))
@@ -48,7 +40,7 @@ def build_embedder(model: str | Embedder, options: dict[str, Any]) -> tuple[Embe
     check_no_placement(given)
     embedder = model if not given else Embedder(model, **given)
     found = {
-        **where_loaded(embedder.loaded),
+        "device": embedder.device, "dtype": embedder.dtype,
         "max_length": embedder.max_length,
         "batch_tokens": embedder.batch_tokens,
         "query_instruction": embedder.query_instruction or "",

@@ -12,7 +12,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from bge_llamaindex.embedding import check_no_placement, where_loaded
+from bge_llamaindex.embedding import check_no_placement
 
 if TYPE_CHECKING:
     from bge_core import Reranker, RerankHit
@@ -86,7 +86,7 @@ class BGEReranker(BaseNodePostprocessor):
             reranker = model_name if not given else Reranker(model_name, **given)
             # Fill what was not given from the loaded object so the config rebuilds it by name.
             found = {
-                **where_loaded(reranker.loaded), "batch_tokens": reranker.batch_tokens,
+                "device": reranker.device, "dtype": reranker.dtype, "batch_tokens": reranker.batch_tokens,
                 "max_length": reranker.max_length,
             }
             options = {k: found[k] if v is None else v for k, v in options.items()}

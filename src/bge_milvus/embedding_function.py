@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bge_core import Embedder
+from bge_core.loading import half_precision_dtype
 
 try:  # pymilvus-model is optional: subclass its base so isinstance checks in user code still pass
     from pymilvus.model.base import BaseEmbeddingFunction
@@ -20,22 +21,6 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 
 #: Extra keywords pymilvus-model forwards to FlagEmbedding that this class understands.
 _EXTRA_KEYWORDS = {"devices", "passage_max_length", "query_max_length", "use_bf16", "trust_remote_code", "cache_dir"}
-
-
-def dtype_for(device: Any, use_fp16: bool, use_bf16: bool) -> str | None:
-    """FlagEmbedding's precision rule: half precision only when asked for, and never on CPU.
-
-    Example:
-        >>> dtype_for("cuda:0", use_fp16=True, use_bf16=False), dtype_for("cpu", True, False)
-        ('fp16', 'fp32')
-    """
-    if not (use_fp16 or use_bf16):
-        return "fp32"
-    if device is not None and str(device).startswith("cpu"):
-        return "fp32"
-    if device is None:
-        return None  # core: bf16 on a GPU, fp32 on CPU
-    return "bf16" if use_bf16 else "fp16"
 
 
 def compat_device(device: Any, kwargs: dict[str, Any], understood: set[str]) -> Any:
@@ -72,17 +57,6 @@ def core_m3(model_name: str | Path | Embedder, **options: Any) -> Embedder:
     if embedder.family != "m3":
         raise ValueError(f"{embedder.loaded.path} is a {embedder.family} model; BGE-M3 is needed for sparse vectors")
     return embedder
-
-
-def colbert_dim(embedder: Embedder) -> int:
-    """Width of a ColBERT vector (the ColBERT head's output size).
-
-    Example:
-        >>> colbert_dim(Embedder("BAAI/bge-m3"))
-        1024
-    """
-    head = getattr(embedder.loaded.family, "colbert_linear", None)
-    return int(head.out_features) if head is not None else embedder.dim
 
 
 class BGEM3EmbeddingFunction(BaseEmbeddingFunction):
@@ -152,14 +126,15 @@ class BGEM3EmbeddingFunction(BaseEmbeddingFunction):
         self.show_progress = show_progress
         self._outputs = {"dense": return_dense, "sparse": return_sparse, "colbert": return_colbert_vecs}
         self.embedder = core_m3(
-            model_name, device=device, dtype=dtype or dtype_for(device, use_fp16, bool(kwargs.get("use_bf16"))),
+            model_name, device=device,
+            dtype=dtype or half_precision_dtype(device, use_fp16, bool(kwargs.get("use_bf16"))),
             normalize=normalize_embeddings, batch_tokens=batch_tokens,
         )
 
     @property
     def dim(self) -> dict[str, int]:
         """``{"dense": …, "colbert_vecs": …, "sparse": vocabulary size}``, as pymilvus-model reports."""
-        return {"dense": self.embedder.dim, "colbert_vecs": colbert_dim(self.embedder), "sparse": self._sparse_width}
+        return {"dense": self.embedder.dim, "colbert_vecs": self.embedder.colbert_dim, "sparse": self._sparse_width}
 
     @property
     def _sparse_width(self) -> int:

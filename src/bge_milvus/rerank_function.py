@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from bge_core import Reranker
-from bge_milvus.embedding_function import compat_device, dtype_for
+from bge_core.loading import half_precision_dtype
+from bge_milvus.embedding_function import compat_device
 
 try:  # pymilvus-model is optional: reuse its base class and result type when it is installed
     from pymilvus.model.base import BaseRerankFunction, RerankResult
@@ -103,7 +104,8 @@ class BGERerankFunction(BaseRerankFunction):
             precision: dict[str, Any] = {}
         else:
             source = str(model_name)
-            precision = {"device": device, "dtype": dtype or dtype_for(device, use_fp16, bool(kwargs.get("use_bf16")))}
+            half = half_precision_dtype(device, use_fp16, bool(kwargs.get("use_bf16")))
+            precision = {"device": device, "dtype": dtype or half}
             model_class = kwargs.get("model_class")
             if model_class is not None:
                 name = str(getattr(model_class, "value", model_class))  # FlagEmbedding passes an Enum or a str

@@ -43,7 +43,7 @@ def model_reference(model: str | os.PathLike[str] | Embedder | Reranker) -> str:
     """What `to_dict` stores for `model`: the string itself, or the directory a core object was loaded from."""
     if isinstance(model, (str, os.PathLike)):
         return os.fspath(model)
-    return model.loaded.path
+    return model.name
 
 
 def component_device(model: Any, device: ComponentDevice | None) -> ComponentDevice:
@@ -59,7 +59,7 @@ def component_device(model: Any, device: ComponentDevice | None) -> ComponentDev
         raise ValueError("BGE components run on one device; pass ComponentDevice.from_str('cuda:0') or similar")
     if not is_core_model(model):
         return ComponentDevice.resolve_device(device)
-    own = ComponentDevice.from_str(str(model.loaded.device))
+    own = ComponentDevice.from_str(str(model.device))
     if device is not None and device.to_torch_str() != own.to_torch_str():
         raise ValueError(f"device {device.to_torch_str()!r} given, but the model is loaded on {own.to_torch_str()!r}")
     return own
@@ -69,7 +69,7 @@ def component_dtype(model: Any, dtype: str | None) -> str | None:
     """`dtype`, or for a core object the dtype its weights are loaded in (``"float16"``…)."""
     if not is_core_model(model) or dtype is not None:
         return dtype
-    return str(model.loaded.family.model.dtype).rsplit(".", 1)[-1]
+    return model.dtype
 
 
 def _resolved_token(model: Any, token: Secret | None) -> str | None:
@@ -87,8 +87,8 @@ def load_embedder(
     """
     from bge_core import Embedder
 
-    _prefetch(model, device, dtype, token)
-    embedder = Embedder(model, device=device.to_torch_str(), dtype=dtype, **options)
+    embedder = Embedder(model, device=device.to_torch_str(), dtype=dtype, token=_resolved_token(model, token),
+                        **options)
     if sparse and embedder.family != "m3":
         raise ValueError(f"{embedder.loaded.path} is a {embedder.family} model; sparse embeddings need BGE-M3")
     return embedder
@@ -100,18 +100,7 @@ def load_reranker(
     """A `bge_core.Reranker` on `model`'s (shared) weights with this component's `options`."""
     from bge_core import Reranker
 
-    _prefetch(model, device, dtype, token)
-    return Reranker(model, device=device.to_torch_str(), dtype=dtype, **options)
-
-
-def _prefetch(model: Any, device: ComponentDevice, dtype: str | None, token: Secret | None) -> None:
-    # `Embedder`/`Reranker` take no token; `load_model` does. Loading through it first puts the
-    # weights in core's cache (and a gated hub snapshot on disk), which the constructor then reuses.
-    value = _resolved_token(model, token)
-    if value:
-        from bge_core import load_model
-
-        load_model(model, device=device.to_torch_str(), dtype=dtype, token=value)
+    return Reranker(model, device=device.to_torch_str(), dtype=dtype, token=_resolved_token(model, token), **options)
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:
