@@ -93,13 +93,8 @@ class Engine:
         Raises:
             ValueError: `truncate=False` and some items exceed `max_length` (indices listed).
         """
-        if not items:
-            return []
-        results: list[Any] = [None] * len(items)
-        stream = self.batches(items, max_length, options, truncate, token_budget or self.token_budget)
-        with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
-            self.drive(stream, options, results, bar)
-        return results
+        return run_on([self], items, max_length=max_length, options=options, truncate=truncate,
+                      token_budget=token_budget, show_progress=show_progress)
 
     def batches(
         self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int
@@ -140,15 +135,15 @@ class Engine:
         A batch's host-side work (copies, building dicts) is done only after the next batch is
         queued on the device, so the two overlap. Several engines may share one `stream` (`lock`).
         """
-        in_flight: list[tuple[list[int], list[Any]]] = []
+        in_flight: list[tuple[list[int], list[Any], int]] = []
 
         def settle(keep: int) -> None:
             while len(in_flight) > keep:
-                indices, pendings = in_flight.pop(0)
+                indices, pendings, n_tokens = in_flight.pop(0)
                 outputs = [o for p in pendings for o in (p.finish() if isinstance(p, Pending) else p)]
                 for index, output in zip(indices, outputs):
                     results[index] = output
-                bar.update(len(indices))
+                bar.update(n_tokens)
 
         while True:
             with lock or contextlib.nullcontext():
@@ -160,7 +155,8 @@ class Engine:
             def run_part(part: list[int], rows: list[TokenizedItem] = rows) -> list[Any]:
                 return [self._forward([rows[i] for i in part], options)]
 
-            in_flight.append((indices, schedule.run_with_oom_split(list(range(len(rows))), run_part)))
+            pendings = schedule.run_with_oom_split(list(range(len(rows))), run_part)
+            in_flight.append((indices, pendings, sum(len(r.ids) for r in rows)))
             settle(keep=1)
         settle(keep=0)
 
@@ -270,13 +266,33 @@ class DevicePool:
         show_progress: bool = False,
     ) -> list[Any]:
         """`Engine.run` spread over every device; outputs in input order."""
-        if not items:
-            return []
-        results: list[Any] = [None] * len(items)
-        stream = self.engines[0].batches(items, max_length, options, truncate, token_budget or self.token_budget)
-        lock = threading.Lock()
-        with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
-            jobs = [self._workers.submit(e.drive, stream, options, results, bar, lock) for e in self.engines]
+        return run_on(self.engines, items, max_length=max_length, options=options, truncate=truncate,
+                      token_budget=token_budget, show_progress=show_progress, workers=self._workers)
+
+
+def run_on(
+    engines: list[Engine],
+    items: list[Any],
+    *,
+    max_length: int,
+    options: dict[str, Any],
+    truncate: bool,
+    token_budget: int | None,
+    show_progress: bool,
+    workers: ThreadPoolExecutor | None = None,
+) -> list[Any]:
+    """Tokenize once, then let every engine pull batches until none is left; outputs in input order."""
+    if not items:
+        return []
+    first = engines[0]
+    results: list[Any] = [None] * len(items)
+    stream = first.batches(items, max_length, options, truncate, token_budget or first.token_budget)
+    with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
+        if len(engines) == 1 or workers is None:
+            first.drive(stream, options, results, bar)
+        else:
+            lock = threading.Lock()
+            jobs = [workers.submit(e.drive, stream, options, results, bar, lock) for e in engines]
             for job in jobs:
                 job.result()  # re-raises a worker's error here
-        return results
+    return results
