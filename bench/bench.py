@@ -251,6 +251,21 @@ def section_profile(args: argparse.Namespace) -> None:
     for mode, kw in {"dense": {}, "dense+sparse": dict(sparse=True), "all3": dict(sparse=True, colbert=True)}.items():
         s, peak = timed(lambda: ours.encode(texts, **kw), repeats=3)
         record("bge-plugins Embedder (bf16)", "passages", mode, s, tokens, peak)
+    if torch.cuda.is_available():  # how busy the GPU is during a dense run, and on what
+        from torch.profiler import ProfilerActivity, profile
+
+        sync()
+        start = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            ours.encode(texts)
+            sync()
+        wall = time.perf_counter() - start
+        events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+        busy = sum(e.self_device_time_total for e in events) / 1e6
+        ROWS.append(dict(system="bge-plugins dense, profiled", workload="passages", gpu_busy_s=busy, wall_s=wall))
+        print(f"GPU kernels {busy:.2f} s of {wall:.2f} s wall (profiler on)", flush=True)
+        for e in sorted(events, key=lambda e: -e.self_device_time_total)[:12]:
+            print(f"  {e.self_device_time_total / 1e3:9.1f} ms  {e.count:6d}x  {e.key[:90]}", flush=True)
 
 
 SECTIONS = {"m3": section_m3, "rerank": section_rerank, "gemma": section_gemma, "latency": section_latency,
