@@ -173,6 +173,7 @@ class BGEM3FlagModel(FlagModel):
             sparse=self.return_sparse if sparse is None else sparse,
             colbert=self.return_colbert_vecs if colbert is None else colbert,
             instruction=instruction, instruction_format=instruction_format, max_length=max_length,
+            _options={"reading_order": True},
         )
         lexical = None
         if out.lexical_weights is not None:

@@ -54,7 +54,9 @@ def load_linear_head(path: str, in_features: int, out_features: int | None = Non
 
 
 class M3Family(DenseFamily):
-    """Options: ``dense``, ``sparse``, ``colbert`` (bools) and ``normalize``."""
+    """Options: ``dense``, ``sparse``, ``colbert`` (bools), ``normalize`` and ``reading_order``
+    (lexical-weight dicts in the order their tokens first occur, as FlagEmbedding builds them;
+    otherwise in token-id order, which costs less)."""
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any, colbert: torch.nn.Linear,
                  sparse: torch.nn.Linear) -> None:
@@ -96,7 +98,7 @@ class M3Family(DenseFamily):
             dense = tokens.hidden[tokens.first].float()
             out["dense"] = F.normalize(dense, dim=-1) if options.get("normalize", self.spec.normalize) else dense
         if options.get("sparse", False):
-            out.update(self._lexical_weights(tokens))
+            out.update(self._lexical_weights(tokens, bool(options.get("reading_order"))))
         if options.get("colbert", False):
             # Every token's vector, CLS rows included: dropping them on the host avoids a device sync.
             vecs = F.normalize(self.colbert_linear(tokens.hidden).float(), dim=-1)
@@ -123,7 +125,7 @@ class M3Family(DenseFamily):
 
         return Pending(out, build)
 
-    def _lexical_weights(self, tokens: Tokens) -> dict[str, torch.Tensor]:
+    def _lexical_weights(self, tokens: Tokens, reading_order: bool = False) -> dict[str, torch.Tensor]:
         """Per (text, token id) the max weight, as sorted keys; special ids and weights <= 0 dropped.
 
         Keys are ``text * vocab + token id``; dropped tokens get a key past every real one. After a
@@ -142,7 +144,11 @@ class M3Family(DenseFamily):
         segment = torch.cumsum(opens.long(), 0) - 1
         best = torch.zeros_like(weights).scatter_reduce_(0, segment, weights[order], reduce="amax",
                                                          include_self=False)
-        return {"sparse_keys": keys, "sparse_opens": opens, "sparse_best": best}
+        out = {"sparse_keys": keys, "sparse_opens": opens, "sparse_best": best}
+        if reading_order:  # where each token id first occurs, to order each dict as the text reads
+            out["sparse_first"] = torch.full_like(keys, keys.shape[0]).scatter_reduce_(
+                0, segment, order, reduce="amin", include_self=False)
+        return out
 
 
 def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int) -> list[dict[int, float]]:
@@ -150,6 +156,9 @@ def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int) -> list[dict
     best = host["sparse_best"][: len(keys)]
     real = keys < n * vocab
     keys, best = keys[real], best[real]
+    if "sparse_first" in host:  # FlagEmbedding's dicts list token ids in the order the text has them
+        reorder = np.lexsort((host["sparse_first"][: len(real)][real], keys // vocab))
+        keys, best = keys[reorder], best[reorder]
     bounds = np.searchsorted(keys // vocab, np.arange(n + 1))
     ids, values = (keys % vocab).tolist(), best.tolist()
     return [dict(zip(ids[a:b], values[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
