@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,54 +10,7 @@ from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from bge_core import Embedder
-
-
-def core_embedder(
-    model_name: str | Path | Embedder, *, device: str | None, dtype: str | None, **overrides: Any
-) -> Embedder:
-    """The core `Embedder` an adapter runs on.
-
-    Loading goes through core's cache, so adapters naming the same checkpoint, device and dtype share
-    one copy of the weights (and, for BGE-M3, one forward per text for dense + sparse).
-    A loaded `Embedder` is used as it is unless an override is given.
-
-    Example:
-        >>> core_embedder("BAAI/bge-m3", device="cpu", dtype=None, max_length=1024).family
-        'm3'
-    """
-    if isinstance(model_name, Embedder):
-        if device is not None or dtype is not None:
-            raise ValueError("device and dtype come from the loaded Embedder given as model_name; leave them unset")
-        if all(value is None for value in overrides.values()):
-            return model_name  # keeps every setting its creator chose
-        return Embedder(model_name, **overrides)
-    return Embedder(os.fspath(model_name), device=device, dtype=dtype, **overrides)
-
-
-def check_texts(texts: Any) -> list[str]:
-    """`texts` as a list, refusing a bare string (LangChain passes lists; a str here is a caller bug).
-
-    Items are checked by core, which names the index of a non-str item.
-
-    Example:
-        >>> check_texts(("a", "b"))
-        ['a', 'b']
-    """
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Iterable):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    return list(texts)
-
-
-def check_query(text: Any) -> str:
-    """`text` itself when it is a str, else a TypeError.
-
-    Example:
-        >>> check_query("what is BGE?")
-        'what is BGE?'
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be str, got {type(text).__name__}")
-    return text
+from bge_langchain._common import check_query, check_texts, core_model
 
 
 class BGEEmbeddings(BaseModel, Embeddings):
@@ -110,8 +61,8 @@ class BGEEmbeddings(BaseModel, Embeddings):
 
     def model_post_init(self, context: Any, /) -> None:
         # Load now so a bad path or a non-embedding checkpoint fails at construction.
-        self._embedder = core_embedder(
-            self.model_name, device=self.device, dtype=self.dtype, max_length=self.max_length,
+        self._embedder = core_model(
+            Embedder, self.model_name, device=self.device, dtype=self.dtype, max_length=self.max_length,
             query_instruction=self.query_instruction, normalize=self.normalize, batch_tokens=self.batch_tokens,
         )
 

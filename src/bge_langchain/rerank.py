@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Sequence
 from copy import deepcopy
 from pathlib import Path
@@ -14,6 +13,7 @@ from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
 
 from bge_core import Reranker
+from bge_langchain._common import core_model
 
 
 class BGEReranker(BaseDocumentCompressor):
@@ -68,15 +68,9 @@ class BGEReranker(BaseDocumentCompressor):
 
     def model_post_init(self, context: Any, /) -> None:
         # Load now so a bad path or a non-reranker checkpoint fails at construction.
-        if isinstance(self.model_name, Reranker):
-            if self.device is not None or self.dtype is not None:
-                raise ValueError("device and dtype come from the loaded Reranker given as model_name; leave them unset")
-            if self.max_length is None and self.batch_tokens is None:
-                self._reranker = self.model_name  # keeps every setting its creator chose
-                return
-        name = self.model_name if isinstance(self.model_name, Reranker) else os.fspath(self.model_name)
-        self._reranker = Reranker(
-            name, device=self.device, dtype=self.dtype, max_length=self.max_length, batch_tokens=self.batch_tokens
+        self._reranker = core_model(
+            Reranker, self.model_name, device=self.device, dtype=self.dtype, max_length=self.max_length,
+            batch_tokens=self.batch_tokens,
         )
 
     @property

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from bge_core import Embedder
 from bge_core.sparse import storable
-from bge_langchain.embeddings import check_query, check_texts, core_embedder
+from bge_langchain._common import check_query, check_texts, core_model
 
 try:
     from langchain_milvus.utils.sparse import BaseSparseEmbedding
@@ -77,8 +77,8 @@ class BGEM3SparseEmbeddings(BaseModel, BaseSparseEmbedding):
     _embedder: Embedder = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
-        self._embedder = core_embedder(
-            self.model_name, device=self.device, dtype=self.dtype, max_length=self.max_length,
+        self._embedder = core_model(
+            Embedder, self.model_name, device=self.device, dtype=self.dtype, max_length=self.max_length,
             batch_tokens=self.batch_tokens,
         )
         if self._embedder.family != "m3":

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
 if TYPE_CHECKING:
-    from bge_core import Embedder
+    from bge_core import Embedder, Reranker
 
 DEFAULT_MODEL = "BAAI/bge-small-en-v1.5"
+
+CoreModel = TypeVar("CoreModel", "Embedder", "Reranker")
 
 
 def check_no_placement(given: dict[str, Any]) -> None:
@@ -21,32 +24,52 @@ def check_no_placement(given: dict[str, Any]) -> None:
         raise ValueError(f"{placed} cannot be set for an already loaded model; it keeps its own")
 
 
-def build_embedder(model: str | Embedder, options: dict[str, Any]) -> tuple[Embedder, str, dict[str, Any]]:
-    """The core `Embedder` for `model`, the name to serialise, and `options` completed from it.
+def build_core(
+    core_class: type[CoreModel], model: str | CoreModel, options: dict[str, Any],
+    settings: Callable[[CoreModel], dict[str, Any]],
+) -> tuple[CoreModel, str, dict[str, Any]]:
+    """The core object (`core_class`: `Embedder` or `Reranker`) for `model`, the name to serialise,
+    and `options` completed from it.
 
-    A loaded `Embedder` given without options is used as it is; options given are applied over
+    A loaded core object given without options is used as it is; options given are applied over
     its settings (its device and dtype are its own: giving them is an error). Options left None
-    are then filled from the loaded object, so that its config (its `name`: the hub id or path it
-    was opened by) rebuilds the same model.
+    are then filled from the loaded object's `settings`, so that its config (its `name`: the hub id
+    or path it was opened by) rebuilds the same model.
+
+    Example:
+        >>> from bge_core import Reranker
+        >>> core, name, opts = build_core(Reranker, "BAAI/bge-reranker-v2-m3", {"device": None}, vars)
+        >>> name, opts
+        ('BAAI/bge-reranker-v2-m3', {'device': None})
+    """
+    given = {k: v for k, v in options.items() if v is not None}
+    if not isinstance(model, core_class):
+        return core_class(model, **given), str(model), dict(options)
+    check_no_placement(given)
+    core = model if not given else core_class(model, **given)
+    found = settings(core)
+    return core, core.name, {k: found.get(k) if v is None else v for k, v in options.items()}
+
+
+def build_embedder(model: str | Embedder, options: dict[str, Any]) -> tuple[Embedder, str, dict[str, Any]]:
+    """`build_core` for a core `Embedder`: the embedder, the name to serialise, and `options` completed from it.
 
     Example:
         >>> embedder, name, opts = build_embedder("BAAI/bge-m3", {"device": "cpu"})
     """
     from bge_core import Embedder
 
-    given = {k: v for k, v in options.items() if v is not None}
-    if not isinstance(model, Embedder):
-        return Embedder(model, **given), str(model), dict(options)
-    check_no_placement(given)
-    embedder = model if not given else Embedder(model, **given)
-    found = {
+    return build_core(Embedder, model, options, _embedder_settings)
+
+
+def _embedder_settings(embedder: Embedder) -> dict[str, Any]:
+    return {
         "device": embedder.device, "dtype": embedder.dtype,
         "max_length": embedder.max_length,
         "batch_tokens": embedder.batch_tokens,
         "query_instruction": embedder.query_instruction or "",
         "normalize": embedder.spec.normalize,
     }
-    return embedder, embedder.name, {k: found.get(k) if v is None else v for k, v in options.items()}
 
 
 class BGEEmbedding(BaseEmbedding):

@@ -12,7 +12,7 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from bge_llamaindex.embedding import check_no_placement
+from bge_llamaindex.embedding import build_core
 
 if TYPE_CHECKING:
     from bge_core import Reranker, RerankHit
@@ -80,20 +80,10 @@ class BGEReranker(BaseNodePostprocessor):
         from bge_core import Reranker
 
         options = {"device": device, "dtype": dtype, "batch_tokens": batch_tokens, "max_length": max_length}
-        given = {k: v for k, v in options.items() if v is not None}
+        reranker, name, options = build_core(Reranker, model_name, options, _reranker_settings)
         if isinstance(model_name, Reranker):
-            check_no_placement(given)
-            reranker = model_name if not given else Reranker(model_name, **given)
-            # Fill what was not given from the loaded object so the config rebuilds it by name.
-            found = {
-                "device": reranker.device, "dtype": reranker.dtype, "batch_tokens": reranker.batch_tokens,
-                "max_length": reranker.max_length,
-            }
-            options = {k: found[k] if v is None else v for k, v in options.items()}
+            # Like the options, `normalize` left None takes the loaded object's own setting.
             normalize = reranker.normalize if normalize is None else normalize
-            name = reranker.name
-        else:
-            reranker, name = Reranker(model_name, **given), str(model_name)
         super().__init__(
             model_name=name, top_n=top_n, normalize=normalize, keep_retrieval_score=keep_retrieval_score,
             **options, **kwargs,
@@ -166,3 +156,10 @@ class BGEReranker(BaseNodePostprocessor):
                 node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": source.score}})
             out.append(NodeWithScore(node=node, score=hit.score))
         return out
+
+
+def _reranker_settings(reranker: Reranker) -> dict[str, Any]:
+    return {
+        "device": reranker.device, "dtype": reranker.dtype, "batch_tokens": reranker.batch_tokens,
+        "max_length": reranker.max_length,
+    }

@@ -9,13 +9,14 @@ Lite 3), so the default indexes are chosen per backend.
 from __future__ import annotations
 
 import os
+import pathlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import pymilvus
-from pymilvus import DataType, MilvusClient, RRFRanker, WeightedRanker
+from pymilvus import DataType, MilvusClient, MilvusException, RRFRanker, WeightedRanker
 
 ID, TEXT, DENSE, SPARSE, METADATA = "id", "text", "dense", "sparse", "metadata"
 OUTPUT_FIELDS = [TEXT, METADATA]
@@ -27,6 +28,10 @@ LITE_DENSE_INDEX: dict[str, Any] = {"index_type": "FLAT", "params": {}}
 SERVER_DENSE_INDEX: dict[str, Any] = {"index_type": "HNSW", "params": {"M": 16, "efConstruction": 200}}
 #: No drop ratio: Milvus Lite 3 rejects a non-zero one, and BGE-M3's small weights still count.
 SPARSE_INDEX: dict[str, Any] = {"index_type": "SPARSE_INVERTED_INDEX", "params": {}}
+#: Retries of a failed request to Milvus Lite. Its server is a local process: one that refuses
+#: connections has exited (killed, crashed) and will not come back, and pymilvus's default (75 retries
+#: with back-off) makes each call on it wait about 3.5 minutes before failing.
+LITE_RETRY_TIMES = 3
 
 
 @dataclass
@@ -108,6 +113,17 @@ def is_lite(uri: str | os.PathLike) -> bool:
     return urlparse(uri).scheme.lower() not in ("http", "https", "tcp", "grpc", "unix") and uri.endswith(".db")
 
 
+def request_options(uri: str | os.PathLike) -> dict[str, Any]:
+    """Keywords for every request to `uri`: few retries on Milvus Lite (see `LITE_RETRY_TIMES`), pymilvus's own
+    policy on a server.
+
+    Example:
+        >>> request_options("./bge.db")
+        {'retry_times': 3}
+    """
+    return {"retry_times": LITE_RETRY_TIMES} if is_lite(uri) else {}
+
+
 def open_client(uri: str | os.PathLike, token: str, db_name: str) -> MilvusClient:
     """A `MilvusClient` of our own; for Milvus Lite the database's folder is created first (pymilvus requires it).
 
@@ -115,16 +131,46 @@ def open_client(uri: str | os.PathLike, token: str, db_name: str) -> MilvusClien
     closes it for all: a private alias keeps `HybridCollection.close` from cutting off the user's
     other clients. pymilvus 3 counts the clients of a shared connection itself.
 
+    Raises:
+        MilvusException: a Milvus Lite file that another process has open (the message says so).
+
     Example:
         >>> client = open_client("./data/bge.db", token="", db_name="")
     """
     uri = os.fspath(uri)
-    if is_lite(uri):
-        os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
     extra = {"alias": f"bge-milvus-{uuid.uuid4().hex}"} if pymilvus.__version__.split(".")[0] in ("1", "2") else {}
-    if is_lite(uri):
+    if not is_lite(uri):
+        return MilvusClient(uri=uri, token=token, db_name=db_name, **extra)
+    os.makedirs(os.path.dirname(os.path.abspath(uri)), exist_ok=True)
+    forget_dead_lite_server(uri)
+    try:
         return MilvusClient(uri=uri, **extra)
-    return MilvusClient(uri=uri, token=token, db_name=db_name, **extra)
+    except MilvusException as error:
+        if "Open local milvus failed" not in str(error):
+            raise
+        raise MilvusException(message=(
+            f"{uri}: cannot open the Milvus Lite database: another process has it open (Milvus Lite serves a "
+            "file to one process at a time), or its server failed to start"
+        )) from error
+
+
+def forget_dead_lite_server(uri: str) -> None:
+    """Drop milvus-lite 2's record of this file's server process if that process has exited.
+
+    milvus-lite 2 keeps one server process per database file for the life of the Python process and
+    hands its socket to every later client of the file, even after the server was killed or crashed:
+    every later open then fails. Forgetting the dead server (`release_server`, which also frees the
+    file lock) lets the next open start a new one, so a rerun in the same process resumes the work.
+    milvus-lite 3 serves from a thread of this process and has no such record.
+    """
+    try:
+        from milvus_lite.server_manager import server_manager_instance as manager
+    except ImportError:
+        return
+    server = getattr(manager, "_servers", {}).get(str(pathlib.Path(uri).absolute().resolve()))
+    process = getattr(server, "_p", None)
+    if process is not None and process.poll() is not None:
+        manager.release_server(uri)
 
 
 def dense_search_params(index_type: str, limit: int) -> dict[str, Any]:
@@ -186,14 +232,14 @@ def check_collection(client: MilvusClient, name: str, dim: int) -> None:
         )
 
 
-def count(client: MilvusClient, name: str) -> int:
+def count(client: MilvusClient, name: str, **options: Any) -> int:
     """Number of rows (``count(*)``: collection statistics also count rows an upsert replaced).
 
     Example:
         >>> count(client, "docs")
         1003
     """
-    return int(client.query(name, filter="", output_fields=["count(*)"])[0]["count(*)"])
+    return int(client.query(name, filter="", output_fields=["count(*)"], **options)[0]["count(*)"])
 
 
 def to_hits(results: list[Any]) -> list[Hit]:

@@ -87,6 +87,8 @@ class HybridCollection:
         self.text_max_length = int(text_max_length)
         self.dense_index = dict(dense_index or (backend.LITE_DENSE_INDEX if self.lite else backend.SERVER_DENSE_INDEX))
         self._rerankers: dict[str, Reranker] = {}
+        # Few retries on Milvus Lite: a dead local server fails a call at once instead of after minutes.
+        self._requests = backend.request_options(uri)
         self.client = backend.open_client(uri, token, db_name)
         try:
             if self.client.has_collection(collection_name):
@@ -139,7 +141,7 @@ class HybridCollection:
 
     def _write(self, batch: list[int], texts: list[str], ids: list[str], metas: list[dict[str, Any]]) -> None:
         stored = {row[ID]: row for row in self.client.get(self.name, ids=[ids[i] for i in batch],
-                                                          output_fields=backend.OUTPUT_FIELDS)}
+                                                          output_fields=backend.OUTPUT_FIELDS, **self._requests)}
         # Rows already stored with the same text and metadata (a resumed or repeated add) cost nothing.
         todo = [i for i in batch if not same_row(stored.get(ids[i]), texts[i], metas[i])]
         if not todo:
@@ -153,7 +155,7 @@ class HybridCollection:
             }
             for j, i in enumerate(todo)
         ]
-        self.client.upsert(self.name, rows)
+        self.client.upsert(self.name, rows, **self._requests)
 
     def _embed(self, texts: list[str]) -> Embeddings:
         return self.embedder.encode_documents(texts, dense=True, sparse=True, max_length=self.max_length)
@@ -164,7 +166,7 @@ class HybridCollection:
         Example:
             >>> docs.delete(["a"])
         """
-        self.client.delete(self.name, ids=list(ids))
+        self.client.delete(self.name, ids=list(ids), **self._requests)
 
     def count(self) -> int:
         """Number of rows.
@@ -173,7 +175,7 @@ class HybridCollection:
             >>> docs.count()
             2
         """
-        return backend.count(self.client, self.name)
+        return backend.count(self.client, self.name, **self._requests)
 
     __len__ = count
 
@@ -230,12 +232,12 @@ class HybridCollection:
                 AnnSearchRequest([sparse], SPARSE, backend.SPARSE_SEARCH_PARAMS, limit=deep, expr=filter or None),
             ]
             results = self.client.hybrid_search(self.name, reqs, ranker=backend.to_ranker(ranker), limit=limit,
-                                                output_fields=backend.OUTPUT_FIELDS)
+                                                output_fields=backend.OUTPUT_FIELDS, **self._requests)
         else:
             field, data, params = (DENSE, dense, backend.dense_search_params(index_type, limit)) if mode == "dense" \
                 else (SPARSE, sparse, backend.SPARSE_SEARCH_PARAMS)
             results = self.client.search(self.name, data=[data], anns_field=field, limit=limit, filter=filter or "",
-                                         output_fields=backend.OUTPUT_FIELDS, search_params=params)
+                                         output_fields=backend.OUTPUT_FIELDS, search_params=params, **self._requests)
         hits = backend.to_hits(results[0])
         if rerank is not None and hits:
             hits = self._rerank(query, hits, rerank)

@@ -40,6 +40,17 @@ def compat_device(device: Any, kwargs: dict[str, Any], understood: set[str]) -> 
     return device
 
 
+def compat_precision(device: Any, dtype: str | None, use_fp16: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Core's `device` and `dtype` from pymilvus-model's precision switches (``use_fp16``, ``use_bf16=``);
+    an explicit `dtype` wins.
+
+    Example:
+        >>> compat_precision("cpu", None, True, {})
+        {'device': 'cpu', 'dtype': 'fp32'}
+    """
+    return {"device": device, "dtype": dtype or half_precision_dtype(device, use_fp16, bool(kwargs.get("use_bf16")))}
+
+
 def core_m3(model_name: str | Path | Embedder, **options: Any) -> Embedder:
     """A core `Embedder` of BGE-M3 from a hub id, a directory or a loaded `Embedder` (shared weights).
 
@@ -126,9 +137,8 @@ class BGEM3EmbeddingFunction(BaseEmbeddingFunction):
         self.show_progress = show_progress
         self._outputs = {"dense": return_dense, "sparse": return_sparse, "colbert": return_colbert_vecs}
         self.embedder = core_m3(
-            model_name, device=device,
-            dtype=dtype or half_precision_dtype(device, use_fp16, bool(kwargs.get("use_bf16"))),
-            normalize=normalize_embeddings, batch_tokens=batch_tokens,
+            model_name, **compat_precision(device, dtype, use_fp16, kwargs), normalize=normalize_embeddings,
+            batch_tokens=batch_tokens,
         )
 
     @property

@@ -21,7 +21,8 @@ def content_id(text: str) -> str:
 
 
 def checked_texts(texts: Sequence[str], max_bytes: int) -> list[str]:
-    """`texts` as a list; `TypeError` naming the first non-str item, `ValueError` listing over-long ones.
+    """`texts` as a list; `TypeError` naming the first non-str item, `ValueError` naming the first text
+    that is not valid Unicode (a lone surrogate cannot be stored as UTF-8) and listing over-long ones.
 
     Example:
         >>> checked_texts(("a", ""), max_bytes=100)
@@ -30,10 +31,17 @@ def checked_texts(texts: Sequence[str], max_bytes: int) -> list[str]:
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts must be a sequence of str, not a single string")
     out = list(texts)
+    sizes = []
     for i, text in enumerate(out):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be str, got {type(text).__name__}")
-    too_long = [i for i, t in enumerate(out) if len(t.encode("utf-8")) > max_bytes]
+        try:
+            sizes.append(len(text.encode("utf-8")))
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"texts[{i}] is not valid Unicode: lone surrogate {text[error.start]!r} at position {error.start}"
+            ) from None
+    too_long = [i for i, size in enumerate(sizes) if size > max_bytes]
     if too_long:
         raise ValueError(f"texts at indices {too_long} are longer than text_max_length={max_bytes} bytes")
     return out

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bge_core import Reranker
-from bge_core.loading import half_precision_dtype
-from bge_milvus.embedding_function import compat_device
+from bge_milvus.embedding_function import compat_device, compat_precision
 
 try:  # pymilvus-model is optional: reuse its base class and result type when it is installed
     from pymilvus.model.base import BaseRerankFunction, RerankResult
@@ -104,8 +103,7 @@ class BGERerankFunction(BaseRerankFunction):
             precision: dict[str, Any] = {}
         else:
             source = str(model_name)
-            half = half_precision_dtype(device, use_fp16, bool(kwargs.get("use_bf16")))
-            precision = {"device": device, "dtype": dtype or half}
+            precision = compat_precision(device, dtype, use_fp16, kwargs)
             model_class = kwargs.get("model_class")
             if model_class is not None:
                 name = str(getattr(model_class, "value", model_class))  # FlagEmbedding passes an Enum or a str

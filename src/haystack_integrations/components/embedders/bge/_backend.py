@@ -1,5 +1,6 @@
-"""Plumbing shared by the BGE Haystack components: core objects from component options, and the
-Haystack-side conversions (devices, secrets, documents, sparse vectors) around them.
+"""Plumbing shared by the BGE Haystack components: core objects from component options, the
+Haystack-side conversions (devices, secrets, documents, sparse vectors) around them, and base
+classes for what the components share (init parameters, serialization, loading, embedders' `run`).
 
 `bge_core` is imported only when a model is loaded (or a core object is passed), so building or
 deserializing a pipeline loads no model code. Loaded weights are shared by `bge_core` itself: every
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from haystack.core.serialization import default_from_dict
+from haystack.core.serialization import default_from_dict, default_to_dict
 from haystack.dataclasses import Document, SparseEmbedding
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from bge_core import Embedder, Embeddings, Reranker
 
 
@@ -103,15 +107,6 @@ def load_reranker(
     return Reranker(model, device=device.to_torch_str(), dtype=dtype, token=_resolved_token(model, token), **options)
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """`default_from_dict` after restoring the `token` Secret and the `device` (without touching `data`)."""
-    init = dict(data.get("init_parameters", {}))
-    deserialize_secrets_inplace(init, keys=["token"])
-    if isinstance(init.get("device"), dict):
-        init["device"] = ComponentDevice.from_dict(init["device"])
-    return default_from_dict(cls, {**data, "init_parameters": init})
-
-
 def check_text(text: Any, component_name: str, documents_component: str) -> None:
     """TypeError, in Haystack's words, unless `text` is one string."""
     if not isinstance(text, str):
@@ -166,3 +161,135 @@ def sparse_embedding(weights: Mapping[int, float], placeholder_id: int) -> Spars
     row = storable(weights, placeholder_id)
     indices = sorted(row)
     return SparseEmbedding(indices=[int(i) for i in indices], values=[float(row[i]) for i in indices])
+
+
+class BGEComponent:
+    """Init parameters and serialization, the same for every BGE component.
+
+    Each component's `__init__` declares its parameters (Haystack and users read that signature)
+    and hands its `locals()` (the parameters, in order) to `_configure`, which stores each under
+    its own name; `to_dict` writes them back in the same order, so a new parameter is serialized
+    without more code. `run` and `run_async` stay on each component: `@component` reads them.
+    """
+
+    #: What `model` may be besides a hub id or a path: a loaded `bge_core.Embedder` or `bge_core.Reranker`.
+    _core_kind: ClassVar[str]
+
+    #: The names of the `__init__` parameters, in order: what `to_dict` writes.
+    _init_parameters: tuple[str, ...]
+    model: str | os.PathLike[str] | Embedder | Reranker
+    device: ComponentDevice
+    token: Secret | None
+    dtype: str | None
+
+    def _configure(self, init_args: Mapping[str, Any]) -> None:
+        """Check and store the `__init__` arguments; device and dtype follow a loaded core `model`'s own."""
+        model = init_args["model"]
+        check_model(model, self._core_kind)
+        self._check_options(init_args)
+        self._init_parameters = tuple(name for name in init_args if name not in ("self", "__class__"))
+        for name in self._init_parameters:
+            setattr(self, name, init_args[name])
+        self.device = component_device(model, init_args["device"])
+        self.dtype = component_dtype(model, init_args["dtype"])
+        if "meta_fields_to_embed" in init_args:  # an own list, None meaning none
+            self.meta_fields_to_embed = list(init_args["meta_fields_to_embed"] or [])
+
+    def _check_options(self, init_args: Mapping[str, Any]) -> None:
+        """Raise for an invalid option other than `model` and `device` (a component with such checks overrides it)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialize the component (a core object as `model` is stored as its checkpoint directory)."""
+        params = {name: getattr(self, name) for name in self._init_parameters}
+        params.update(
+            model=model_reference(self.model),
+            device=self.device.to_dict(),
+            token=self.token.to_dict() if self.token is not None else None,
+        )
+        return default_to_dict(self, **params)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild the component from `to_dict`'s output."""
+        # Restore the `token` Secret and the `device` on a copy: `data` stays as it was.
+        init = dict(data.get("init_parameters", {}))
+        deserialize_secrets_inplace(init, keys=["token"])
+        if isinstance(init.get("device"), dict):
+            init["device"] = ComponentDevice.from_dict(init["device"])
+        return default_from_dict(cls, {**data, "init_parameters": init})
+
+
+class BGEEmbedderComponent(BGEComponent):
+    """What the four embedders share: loading the core `Embedder` once, and the work of their `run`."""
+
+    _core_kind = "Embedder"
+    #: BGE-M3 lexical weights (`SparseEmbedding`) instead of dense vectors.
+    _sparse: ClassVar[bool] = False
+    #: The core embedder, set by `warm_up`.
+    _embedder: Embedder | None = None
+
+    prefix: str | None
+    suffix: str
+    max_length: int | None
+    batch_tokens: int | None
+    truncate: bool
+    progress_bar: bool
+    meta_fields_to_embed: list[str]
+    embedding_separator: str
+
+    def _embedder_options(self) -> dict[str, Any]:
+        """`bge_core.Embedder` options of this component beyond `max_length` and `batch_tokens`."""
+        return {}
+
+    def warm_up(self) -> None:
+        """Load the model once; later calls return at once.
+
+        Raises:
+            ValueError: a sparse embedder's model is not BGE-M3 (the only BGE model with a sparse head).
+        """
+        if self._embedder is None:
+            self._embedder = load_embedder(
+                self.model, self.device, self.dtype, self.token, sparse=self._sparse, max_length=self.max_length,
+                batch_tokens=self.batch_tokens, **self._embedder_options(),
+            )
+
+    def _embed_query(self, text: Any, documents_component: str) -> list[float] | SparseEmbedding:
+        """A text embedder's `run`: the query (plus `suffix`) as a dense vector or a `SparseEmbedding`.
+
+        Raises:
+            TypeError: `text` is not a string (the message names `documents_component`).
+        """
+        check_text(text, type(self).__name__, documents_component)
+        self.warm_up()
+        assert self._embedder is not None
+        out = self._embedder.encode_queries(
+            [text + self.suffix], dense=not self._sparse, sparse=self._sparse, truncate=self.truncate,
+            show_progress=self.progress_bar,
+        )
+        if self._sparse:
+            return sparse_embedding(out.lexical_weights[0], self._embedder.pad_token_id)
+        return out.dense[0].tolist()
+
+    def _embed_documents(self, documents: Any, text_component: str) -> list[Document]:
+        """A document embedder's `run`: copies of `documents` with `embedding` or `sparse_embedding` set.
+
+        Raises:
+            TypeError: `documents` is not a list of Documents (the message names `text_component`).
+        """
+        check_documents(documents, type(self).__name__, f"To embed a string, use {text_component}.")
+        if not documents:
+            return []
+        self.warm_up()
+        assert self._embedder is not None
+        texts = document_texts(documents, self.meta_fields_to_embed, self.embedding_separator, self.suffix)
+        out = encode_documents(
+            self._embedder, texts, self.prefix, dense=not self._sparse, sparse=self._sparse, truncate=self.truncate,
+            show_progress=self.progress_bar,
+        )
+        if self._sparse:
+            pad = self._embedder.pad_token_id
+            return [
+                replace(doc, sparse_embedding=sparse_embedding(weights, pad))
+                for doc, weights in zip(documents, out.lexical_weights)
+            ]
+        return [replace(doc, embedding=vector.tolist()) for doc, vector in zip(documents, out.dense)]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from haystack.core.component import component
-from haystack.core.serialization import default_to_dict
 from haystack.dataclasses import Document
 from haystack.utils import ComponentDevice, Secret
 
@@ -19,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @component
-class BGEDocumentEmbedder:
+class BGEDocumentEmbedder(_backend.BGEEmbedderComponent):
     """Sets each Document's `embedding` with a BGE model (dense BGE v1.5, BGE-M3, LLM embedders).
 
     The text embedded is the values of `meta_fields_to_embed` (those present and non-empty) and
@@ -71,53 +69,10 @@ class BGEDocumentEmbedder:
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
     ) -> None:
-        _backend.check_model(model, "Embedder")
-        self.model = model
-        self.device = _backend.component_device(model, device)
-        self.token = token
-        self.prefix = prefix
-        self.suffix = suffix
-        self.dtype = _backend.component_dtype(model, dtype)
-        self.max_length = max_length
-        self.batch_tokens = batch_tokens
-        self.normalize_embeddings = normalize_embeddings
-        self.truncate = truncate
-        self.progress_bar = progress_bar
-        self.meta_fields_to_embed = list(meta_fields_to_embed or [])
-        self.embedding_separator = embedding_separator
-        self._embedder: Embedder | None = None
+        self._configure(locals())
 
-    def to_dict(self) -> dict[str, Any]:
-        """Serialize the component (a core object as `model` is stored as its checkpoint directory)."""
-        return default_to_dict(
-            self,
-            model=_backend.model_reference(self.model),
-            device=self.device.to_dict(),
-            token=self.token.to_dict() if self.token is not None else None,
-            prefix=self.prefix,
-            suffix=self.suffix,
-            dtype=self.dtype,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            normalize_embeddings=self.normalize_embeddings,
-            truncate=self.truncate,
-            progress_bar=self.progress_bar,
-            meta_fields_to_embed=self.meta_fields_to_embed,
-            embedding_separator=self.embedding_separator,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BGEDocumentEmbedder:
-        """Rebuild the component from `to_dict`'s output."""
-        return _backend.from_dict(cls, data)
-
-    def warm_up(self) -> None:
-        """Load the model once; later calls return at once."""
-        if self._embedder is None:
-            self._embedder = _backend.load_embedder(
-                self.model, self.device, self.dtype, self.token, max_length=self.max_length,
-                normalize=self.normalize_embeddings, batch_tokens=self.batch_tokens,
-            )
+    def _embedder_options(self) -> dict[str, Any]:
+        return {"normalize": self.normalize_embeddings}
 
     @component.output_types(documents=list[Document])
     def run(self, documents: list[Document]) -> dict[str, Any]:
@@ -132,16 +87,7 @@ class BGEDocumentEmbedder:
         Raises:
             TypeError: `documents` is not a list of Documents.
         """
-        _backend.check_documents(documents, type(self).__name__, "To embed a string, use BGETextEmbedder.")
-        if not documents:
-            return {"documents": []}
-        self.warm_up()
-        assert self._embedder is not None
-        texts = _backend.document_texts(documents, self.meta_fields_to_embed, self.embedding_separator, self.suffix)
-        out = _backend.encode_documents(
-            self._embedder, texts, self.prefix, dense=True, truncate=self.truncate, show_progress=self.progress_bar
-        )
-        return {"documents": [replace(doc, embedding=vector.tolist()) for doc, vector in zip(documents, out.dense)]}
+        return {"documents": self._embed_documents(documents, "BGETextEmbedder")}
 
     @component.output_types(documents=list[Document])
     async def run_async(self, documents: list[Document]) -> dict[str, Any]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from haystack.core.component import component
-from haystack.core.serialization import default_to_dict
 from haystack.dataclasses import Document
 from haystack.utils import ComponentDevice, Secret
 
@@ -19,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @component
-class BGESparseDocumentEmbedder:
+class BGESparseDocumentEmbedder(_backend.BGEEmbedderComponent):
     """Sets each Document's `sparse_embedding` to its BGE-M3 lexical weights.
 
     Indices are sorted and every weight is > 0. A Document with no lexical weight at all (empty
@@ -55,6 +53,8 @@ class BGESparseDocumentEmbedder:
         [...]
     """
 
+    _sparse = True
+
     def __init__(
         self,
         model: str | os.PathLike[str] | Embedder = "BAAI/bge-m3",
@@ -71,55 +71,7 @@ class BGESparseDocumentEmbedder:
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
     ) -> None:
-        _backend.check_model(model, "Embedder")
-        self.model = model
-        self.device = _backend.component_device(model, device)
-        self.token = token
-        self.prefix = prefix
-        self.suffix = suffix
-        self.dtype = _backend.component_dtype(model, dtype)
-        self.max_length = max_length
-        self.batch_tokens = batch_tokens
-        self.truncate = truncate
-        self.progress_bar = progress_bar
-        self.meta_fields_to_embed = list(meta_fields_to_embed or [])
-        self.embedding_separator = embedding_separator
-        self._embedder: Embedder | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Serialize the component (a core object as `model` is stored as its checkpoint directory)."""
-        return default_to_dict(
-            self,
-            model=_backend.model_reference(self.model),
-            device=self.device.to_dict(),
-            token=self.token.to_dict() if self.token is not None else None,
-            prefix=self.prefix,
-            suffix=self.suffix,
-            dtype=self.dtype,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            truncate=self.truncate,
-            progress_bar=self.progress_bar,
-            meta_fields_to_embed=self.meta_fields_to_embed,
-            embedding_separator=self.embedding_separator,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BGESparseDocumentEmbedder:
-        """Rebuild the component from `to_dict`'s output."""
-        return _backend.from_dict(cls, data)
-
-    def warm_up(self) -> None:
-        """Load the model once; later calls return at once.
-
-        Raises:
-            ValueError: the model is not BGE-M3 (the only BGE model with a sparse head).
-        """
-        if self._embedder is None:
-            self._embedder = _backend.load_embedder(
-                self.model, self.device, self.dtype, self.token, sparse=True, max_length=self.max_length,
-                batch_tokens=self.batch_tokens,
-            )
+        self._configure(locals())
 
     @component.output_types(documents=list[Document])
     def run(self, documents: list[Document]) -> dict[str, Any]:
@@ -134,23 +86,7 @@ class BGESparseDocumentEmbedder:
         Raises:
             TypeError: `documents` is not a list of Documents.
         """
-        _backend.check_documents(documents, type(self).__name__, "To embed a string, use BGESparseTextEmbedder.")
-        if not documents:
-            return {"documents": []}
-        self.warm_up()
-        assert self._embedder is not None
-        texts = _backend.document_texts(documents, self.meta_fields_to_embed, self.embedding_separator, self.suffix)
-        out = _backend.encode_documents(
-            self._embedder, texts, self.prefix, dense=False, sparse=True, truncate=self.truncate,
-            show_progress=self.progress_bar,
-        )
-        pad = self._embedder.pad_token_id
-        return {
-            "documents": [
-                replace(doc, sparse_embedding=_backend.sparse_embedding(weights, pad))
-                for doc, weights in zip(documents, out.lexical_weights)
-            ]
-        }
+        return {"documents": self._embed_documents(documents, "BGESparseTextEmbedder")}
 
     @component.output_types(documents=list[Document])
     async def run_async(self, documents: list[Document]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from haystack.core.component import component
-from haystack.core.serialization import default_to_dict
 from haystack.dataclasses import SparseEmbedding
 from haystack.utils import ComponentDevice, Secret
 
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @component
-class BGESparseTextEmbedder:
+class BGESparseTextEmbedder(_backend.BGEEmbedderComponent):
     """Embeds a query string as BGE-M3 lexical weights: a `SparseEmbedding` over token ids.
 
     Indices are sorted and every weight is > 0. A query with no lexical weight at all (``""``, or
@@ -48,6 +47,8 @@ class BGESparseTextEmbedder:
         [...]
     """
 
+    _sparse = True
+
     def __init__(
         self,
         model: str | os.PathLike[str] | Embedder = "BAAI/bge-m3",
@@ -62,51 +63,10 @@ class BGESparseTextEmbedder:
         truncate: bool = True,
         progress_bar: bool = False,
     ) -> None:
-        _backend.check_model(model, "Embedder")
-        self.model = model
-        self.device = _backend.component_device(model, device)
-        self.token = token
-        self.prefix = prefix
-        self.suffix = suffix
-        self.dtype = _backend.component_dtype(model, dtype)
-        self.max_length = max_length
-        self.batch_tokens = batch_tokens
-        self.truncate = truncate
-        self.progress_bar = progress_bar
-        self._embedder: Embedder | None = None
+        self._configure(locals())
 
-    def to_dict(self) -> dict[str, Any]:
-        """Serialize the component (a core object as `model` is stored as its checkpoint directory)."""
-        return default_to_dict(
-            self,
-            model=_backend.model_reference(self.model),
-            device=self.device.to_dict(),
-            token=self.token.to_dict() if self.token is not None else None,
-            prefix=self.prefix,
-            suffix=self.suffix,
-            dtype=self.dtype,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            truncate=self.truncate,
-            progress_bar=self.progress_bar,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BGESparseTextEmbedder:
-        """Rebuild the component from `to_dict`'s output."""
-        return _backend.from_dict(cls, data)
-
-    def warm_up(self) -> None:
-        """Load the model once; later calls return at once.
-
-        Raises:
-            ValueError: the model is not BGE-M3 (the only BGE model with a sparse head).
-        """
-        if self._embedder is None:
-            self._embedder = _backend.load_embedder(
-                self.model, self.device, self.dtype, self.token, sparse=True, max_length=self.max_length,
-                query_instruction=self.prefix, batch_tokens=self.batch_tokens,
-            )
+    def _embedder_options(self) -> dict[str, Any]:
+        return {"query_instruction": self.prefix}
 
     @component.output_types(sparse_embedding=SparseEmbedding)
     def run(self, text: str) -> dict[str, Any]:
@@ -121,13 +81,7 @@ class BGESparseTextEmbedder:
         Raises:
             TypeError: `text` is not a string.
         """
-        _backend.check_text(text, type(self).__name__, "BGESparseDocumentEmbedder")
-        self.warm_up()
-        assert self._embedder is not None
-        out = self._embedder.encode_queries(
-            [text + self.suffix], dense=False, sparse=True, truncate=self.truncate, show_progress=self.progress_bar
-        )
-        return {"sparse_embedding": _backend.sparse_embedding(out.lexical_weights[0], self._embedder.pad_token_id)}
+        return {"sparse_embedding": self._embed_query(text, "BGESparseDocumentEmbedder")}
 
     @component.output_types(sparse_embedding=SparseEmbedding)
     async def run_async(self, text: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from haystack.core.component import component
-from haystack.core.serialization import default_to_dict
 from haystack.utils import ComponentDevice, Secret
 
 from haystack_integrations.components.embedders.bge import _backend
@@ -17,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @component
-class BGETextEmbedder:
+class BGETextEmbedder(_backend.BGEEmbedderComponent):
     """Embeds a query string with a BGE model (dense BGE v1.5, BGE-M3, LLM embedders) on the `bge_core` engine.
 
     Use it in query pipelines next to `BGEDocumentEmbedder` (indexing). Both share one copy of the
@@ -63,49 +62,10 @@ class BGETextEmbedder:
         truncate: bool = True,
         progress_bar: bool = False,
     ) -> None:
-        _backend.check_model(model, "Embedder")
-        self.model = model
-        self.device = _backend.component_device(model, device)
-        self.token = token
-        self.prefix = prefix
-        self.suffix = suffix
-        self.dtype = _backend.component_dtype(model, dtype)
-        self.max_length = max_length
-        self.batch_tokens = batch_tokens
-        self.normalize_embeddings = normalize_embeddings
-        self.truncate = truncate
-        self.progress_bar = progress_bar
-        self._embedder: Embedder | None = None
+        self._configure(locals())
 
-    def to_dict(self) -> dict[str, Any]:
-        """Serialize the component (a core object as `model` is stored as its checkpoint directory)."""
-        return default_to_dict(
-            self,
-            model=_backend.model_reference(self.model),
-            device=self.device.to_dict(),
-            token=self.token.to_dict() if self.token is not None else None,
-            prefix=self.prefix,
-            suffix=self.suffix,
-            dtype=self.dtype,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            normalize_embeddings=self.normalize_embeddings,
-            truncate=self.truncate,
-            progress_bar=self.progress_bar,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BGETextEmbedder:
-        """Rebuild the component from `to_dict`'s output."""
-        return _backend.from_dict(cls, data)
-
-    def warm_up(self) -> None:
-        """Load the model once; later calls return at once."""
-        if self._embedder is None:
-            self._embedder = _backend.load_embedder(
-                self.model, self.device, self.dtype, self.token, max_length=self.max_length,
-                query_instruction=self.prefix, normalize=self.normalize_embeddings, batch_tokens=self.batch_tokens,
-            )
+    def _embedder_options(self) -> dict[str, Any]:
+        return {"query_instruction": self.prefix, "normalize": self.normalize_embeddings}
 
     @component.output_types(embedding=list[float])
     def run(self, text: str) -> dict[str, Any]:
@@ -120,13 +80,7 @@ class BGETextEmbedder:
         Raises:
             TypeError: `text` is not a string.
         """
-        _backend.check_text(text, type(self).__name__, "BGEDocumentEmbedder")
-        self.warm_up()
-        assert self._embedder is not None
-        out = self._embedder.encode_queries(
-            [text + self.suffix], dense=True, truncate=self.truncate, show_progress=self.progress_bar
-        )
-        return {"embedding": out.dense[0].tolist()}
+        return {"embedding": self._embed_query(text, "BGEDocumentEmbedder")}
 
     @component.output_types(embedding=list[float])
     async def run_async(self, text: str) -> dict[str, Any]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from haystack.core.component import component
-from haystack.core.serialization import default_to_dict
 from haystack.dataclasses import Document
 from haystack.utils import ComponentDevice, Secret
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @component
-class BGERanker:
+class BGERanker(_backend.BGEComponent):
     """Ranks Documents by relevance to a query with a BGE reranker (cross-encoders such as
     bge-reranker-v2-m3, and the LLM rerankers) on the `bge_core` engine.
 
@@ -56,6 +56,10 @@ class BGERanker:
         'Pandas eat bamboo.'
     """
 
+    _core_kind = "Reranker"
+    #: The core reranker, set by `warm_up`.
+    _reranker: Reranker | None = None
+
     def __init__(
         self,
         model: str | os.PathLike[str] | Reranker = "BAAI/bge-reranker-v2-m3",
@@ -75,50 +79,10 @@ class BGERanker:
         meta_fields_to_embed: list[str] | None = None,
         embedding_separator: str = "\n",
     ) -> None:
-        _backend.check_model(model, "Reranker")
-        _check_top_k(top_k)
-        self.model = model
-        self.device = _backend.component_device(model, device)
-        self.token = token
-        self.top_k = top_k
-        self.query_prefix = query_prefix
-        self.document_prefix = document_prefix
-        self.dtype = _backend.component_dtype(model, dtype)
-        self.max_length = max_length
-        self.batch_tokens = batch_tokens
-        self.scale_score = scale_score
-        self.score_threshold = score_threshold
-        self.truncate = truncate
-        self.progress_bar = progress_bar
-        self.meta_fields_to_embed = list(meta_fields_to_embed or [])
-        self.embedding_separator = embedding_separator
-        self._reranker: Reranker | None = None
+        self._configure(locals())
 
-    def to_dict(self) -> dict[str, Any]:
-        """Serialize the component (a core object as `model` is stored as its checkpoint directory)."""
-        return default_to_dict(
-            self,
-            model=_backend.model_reference(self.model),
-            device=self.device.to_dict(),
-            token=self.token.to_dict() if self.token is not None else None,
-            top_k=self.top_k,
-            query_prefix=self.query_prefix,
-            document_prefix=self.document_prefix,
-            dtype=self.dtype,
-            max_length=self.max_length,
-            batch_tokens=self.batch_tokens,
-            scale_score=self.scale_score,
-            score_threshold=self.score_threshold,
-            truncate=self.truncate,
-            progress_bar=self.progress_bar,
-            meta_fields_to_embed=self.meta_fields_to_embed,
-            embedding_separator=self.embedding_separator,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BGERanker:
-        """Rebuild the component from `to_dict`'s output."""
-        return _backend.from_dict(cls, data)
+    def _check_options(self, init_args: Mapping[str, Any]) -> None:
+        _check_top_k(init_args["top_k"])
 
     def warm_up(self) -> None:
         """Load the model once; later calls return at once."""
