@@ -111,7 +111,7 @@ def build_small_dense(path: str) -> str:
     if os.path.exists(os.path.join(path, "config.json")):
         return path
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
+    BertModel(BertConfig(vocab_size=VOCAB_WORDS + 4, hidden_size=384, num_hidden_layers=12, num_attention_heads=12,
                          intermediate_size=1536)).save_pretrained(path)
     word_tokenizer(path)
     return path

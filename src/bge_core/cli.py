@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,15 +44,14 @@ def _quiet_libraries() -> None:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Errors a user can fix become one ``Error: …`` line and exit status 1 (bugs keep their traceback)."""
-    fixable: tuple[type[BaseException], ...] = (BgeCoreError, ValueError, OSError)
-    with contextlib.suppress(ImportError):
-        from pymilvus import MilvusException
-
-        fixable += (MilvusException,)
     try:
         yield
-    except fixable as error:
-        raise click.ClickException(str(error) or type(error).__name__) from None
+    except Exception as error:
+        pymilvus = sys.modules.get("pymilvus")  # imported only by the commands that talk to Milvus
+        from_milvus = pymilvus is not None and isinstance(error, pymilvus.MilvusException)
+        if isinstance(error, (BgeCoreError, ValueError, OSError)) or from_milvus:
+            raise click.ClickException(str(error) or type(error).__name__) from None
+        raise
 
 
 def milvus() -> Any:
@@ -63,11 +63,15 @@ def milvus() -> Any:
     return bge_milvus
 
 
-def load_embedder(model: str, **options: Any) -> Any:
+def load_embedder(model: str, *, m3: bool = False, **options: Any) -> Any:
+    """The core `Embedder` for `model` (a BGE-M3 when `m3`: Milvus collections need its sparse head)."""
     from bge_core import Embedder
 
     prepare_hub([model])
-    return Embedder(model, **{k: v for k, v in options.items() if v is not None})
+    embedder = Embedder(model, **{k: v for k, v in options.items() if v is not None})
+    if m3 and embedder.family != "m3":
+        raise InputError(f"{model}: a {embedder.family} model; dense + sparse collections need a BGE-M3 model")
+    return embedder
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -119,8 +123,7 @@ def encode(model: str, input_path: str, output: str, dense: bool, sparse: bool, 
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens)
         if (sparse or colbert) and embedder.family != "m3":
             raise InputError(f"{model}: --sparse and --colbert need a BGE-M3 model; this is a {embedder.family} model")
-        head = getattr(embedder.loaded.family, "colbert_linear", None)
-        colbert_dim = (int(head.out_features) if head is not None else embedder.dim) if colbert else None
+        colbert_dim = embedder.colbert_dim if colbert else None
         encode_fn = embedder.encode_queries if queries else embedder.encode_documents
         tokens, start = 0, time.perf_counter()
         with atomic_output(output) as tmp:
@@ -187,7 +190,7 @@ def index(input_path: str, collection: str, uri: str, token: str, model: str, de
     bge_milvus = milvus()
     with user_errors():
         total = check_index_input(input_path, text_field, id_field)
-        embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length)
+        embedder = load_embedder(model, m3=True, device=device, dtype=dtype, max_length=max_length)
         before, start = embedder.loaded.engine.rows_forwarded, time.perf_counter()
         with bge_milvus.HybridCollection(collection, embedder, uri=uri, token=token, max_length=max_length) as coll, \
                 tqdm(total=total, unit="text", desc="index", disable=quiet) as bar:
@@ -244,7 +247,7 @@ def search(query: str, collection: str, uri: str, token: str, model: str, device
                 raise InputError(f"{uri}: no collection {collection!r} (create it with `bge index`)")
         finally:
             client.close()
-        embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length)
+        embedder = load_embedder(model, m3=True, device=device, dtype=dtype, max_length=max_length)
         reranker = None
         if rerank is not None and rerank != "colbert":
             from bge_core import Reranker

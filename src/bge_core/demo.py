@@ -170,30 +170,29 @@ def load_models(
     from bge_core.tiny import tiny_cross_encoder, tiny_m3
 
     offline_reason = prepare_hub([model, reranker])
-    failures: dict[str, ModelLoadError] = {}
-    loaded: dict[str, Any] = {}
+    loaded: list[Any] = []
+    failed: dict[str, str] = {}
     for name, cls in ((model, Embedder), (reranker, Reranker)):
         try:
-            loaded[name] = cls(name, device=device, dtype=dtype)
+            loaded.append(cls(name, device=device, dtype=dtype))
         except ModelLoadError as error:
             if not (fallback and is_hub_id(name)):
                 raise
-            failures[name] = error
-    if not failures:
-        return loaded[model], loaded[reranker], []
+            loaded.append(None)
+            failed[name] = str(error)
+    if not failed:
+        return loaded[0], loaded[1], []
     if offline_reason:
         why = f"the Hugging Face hub is not reachable: {offline_reason}"
     elif _offline_requested():
         why = "HF_HUB_OFFLINE=1 and not in the local Hugging Face cache"
     else:
-        why = "; ".join(str(e) for e in failures.values())
-    echo(f"bge demo: cannot get {' and '.join(failures)} ({why}); running the same pipeline on tiny RANDOM "
-         "checkpoints instead (pass --model/--reranker DIR for local weights).")
-    if model in failures:
-        loaded[model] = Embedder(tiny_m3(texts), device=device, dtype=dtype)
-    if reranker in failures:
-        loaded[reranker] = Reranker(tiny_cross_encoder(texts), device=device, dtype=dtype)
-    return loaded[model], loaded[reranker], list(failures)
+        why = "; ".join(failed.values())
+    echo(f"bge demo: cannot get {' and '.join(failed)} ({why}); running the same pipeline on tiny "
+         "RANDOM checkpoints instead (pass --model/--reranker DIR for local weights).")
+    embedder = loaded[0] if loaded[0] is not None else Embedder(tiny_m3(texts), device=device, dtype=dtype)
+    rr = loaded[1] if loaded[1] is not None else Reranker(tiny_cross_encoder(texts), device=device, dtype=dtype)
+    return embedder, rr, list(failed)
 
 
 def banner(replaced: Sequence[str]) -> str:
@@ -266,8 +265,7 @@ def run_demo(
     load_seconds = time.perf_counter() - start
     if replaced:
         echo(banner(replaced))
-    where = f"{embedder.loaded.device}, {str(embedder.loaded.family.model.dtype).rpartition('.')[2]}"
-    echo(f"embedder   {embedder.name}  ({where})")
+    echo(f"embedder   {embedder.name}  ({embedder.device}, {embedder.dtype})")
     echo(f"reranker   {rr.name}")
     echo(f"database   {db} (Milvus Lite), collection {COLLECTION!r}")
     echo(f"models loaded in {load_seconds:.1f} s")

@@ -133,25 +133,33 @@ def _open(name: str, mode: str = "rb") -> Any:
         raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
 
 
-def _read_lines(name: str, kind: str, text_field: str, id_field: str) -> Iterator[Record]:
+def _lines(name: str) -> Iterator[bytes]:
+    """The file's lines; a read that fails half-way (I/O error, a file that is not a regular file) is an InputError."""
     with _open(name) as fh:
-        for number, raw in enumerate(fh, start=1):
-            # Binary lines split on "\n" only: a text may hold other Unicode line separators.
-            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not text
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise InputError(
-                    f"{name}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
-                ) from None
-            if not line.strip():
-                continue  # blank lines separate nothing and embed to nothing useful
-            if kind == "txt":
-                yield Record(text=line, line=number)
-            else:
-                yield _json_record(line, name, number, text_field, id_field)
+        try:
+            yield from fh
+        except OSError as error:
+            raise InputError(f"{name}: cannot read ({error.strerror or error})") from None
+
+
+def _read_lines(name: str, kind: str, text_field: str, id_field: str) -> Iterator[Record]:
+    for number, raw in enumerate(_lines(name), start=1):
+        # Binary lines split on "\n" only: a text may hold other Unicode line separators.
+        raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not text
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(
+                f"{name}:{number}: not valid UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})"
+            ) from None
+        if not line.strip():
+            continue  # blank lines separate nothing and embed to nothing useful
+        if kind == "txt":
+            yield Record(text=line, line=number)
+        else:
+            yield _json_record(line, name, number, text_field, id_field)
 
 
 def _json_record(line: str, name: str, number: int, text_field: str, id_field: str) -> Record:
@@ -202,7 +210,7 @@ def _read_parquet(name: str, text_field: str, id_field: str, batch_rows: int) ->
     columns = [text_field] + ([id_field] if id_field in schema.names and id_field != text_field else [])
     row = 0
     with contextlib.closing(source):
-        for batch in source.iter_batches(batch_size=batch_rows, columns=columns):
+        for batch in _batches(source, name, batch_rows, columns):
             texts = batch.column(0).to_pylist()
             ids = batch.column(1).to_pylist() if len(columns) == 2 else [None] * len(texts)
             for text, row_id in zip(texts, ids):
@@ -210,6 +218,15 @@ def _read_parquet(name: str, text_field: str, id_field: str, batch_rows: int) ->
                 if text is None:
                     raise InputError(f'{name}: row {row}: "{text_field}" is null')
                 yield Record(text=text, id=_id_value(row_id, f"{name}: row {row}", id_field), line=row)
+
+
+def _batches(source: Any, name: str, batch_rows: int, columns: list[str]) -> Iterator[Any]:
+    import pyarrow as pa
+
+    try:
+        yield from source.iter_batches(batch_size=batch_rows, columns=columns)
+    except (pa.ArrowException, OSError) as error:  # a damaged row group, an I/O error
+        raise InputError(f"{name}: cannot read ({error})") from None
 
 
 # -- writing ------------------------------------------------------------------------------------
