@@ -14,7 +14,8 @@ class Embeddings:
     Attributes:
         dense: float32 array of shape (n, dim).
         lexical_weights: per text ``{token_id: weight}``, weights > 0, special tokens dropped.
-        colbert_vectors: per text a float32 array (tokens after CLS, dim), rows L2-normalised.
+        colbert_vectors: per text an array (tokens after CLS, dim), rows L2-normalised; float32, or
+            float16 when the model runs in half precision on a GPU (as FlagEmbedding returns them).
     """
 
     dense: np.ndarray | None = None
