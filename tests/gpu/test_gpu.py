@@ -87,6 +87,36 @@ def test_embedding_does_not_depend_on_batch_company(m3_path, parity_texts):
     assert row_cosines(mixed, alone).min() >= 0.9999
 
 
+def test_outputs_do_not_change_across_calls_loads_or_batch_company(m3_path, cross_encoder_path, parity_texts):
+    """GPU side of tests/reliability/test_determinism.py: ColBERT vectors and reranker scores as well as dense
+    vectors, in other batch company, on a repeated call and after a fresh load (dense cos >= 0.9999)."""
+    from bge_core import clear_cache
+
+    def run() -> tuple:
+        model = Embedder(m3_path, device="cuda", reuse_outputs=False)
+        alone = [model.encode([t], colbert=True) for t in parity_texts]
+        mixed = model.encode(parity_texts[::-1] * 5, colbert=True)
+        scores = Reranker(cross_encoder_path, device="cuda").score([(parity_texts[0], t) for t in parity_texts])
+        return alone, mixed, scores
+
+    alone, mixed, scores = run()
+    n = len(parity_texts)
+    for i, one in enumerate(alone):
+        other = n - 1 - i  # position in the reversed copy
+        assert row_cosines(one.dense, mixed.dense[other : other + 1]).min() >= 0.9999
+        assert one.colbert_vectors[0].shape == mixed.colbert_vectors[other].shape
+        # Per-token vectors carry bf16 rounding of their own (no pooling averages it out): 0.999 per token.
+        assert row_cosines(one.colbert_vectors[0], mixed.colbert_vectors[other]).min() >= 0.999
+    again = run()
+    clear_cache()
+    fresh = run()
+    for alone2, _, scores2 in (again, fresh):
+        for one, two in zip(alone, alone2, strict=True):
+            assert row_cosines(one.dense, two.dense).min() >= 0.9999
+            assert row_cosines(one.colbert_vectors[0], two.colbert_vectors[0]).min() >= 0.999
+        assert np.abs(scores2 - scores).max() <= 1e-2 * max(1.0, float(np.abs(scores).max()))
+
+
 def test_out_of_memory_is_split_and_retried(tmp_path):
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
