@@ -214,7 +214,8 @@ class Embedder(ModelHandle):
         engine, memo = self.loaded.engine, self.loaded.memo
         keys = [(t, run["max_length"], options["normalize"]) for t in items]
         rows: list[M3Row | None] = [None] * len(items)
-        if self.reuse_outputs and not colbert:
+        # Remembered outputs may come from truncated text: with truncate=False every text is checked anew.
+        if self.reuse_outputs and not colbert and run["truncate"]:
             rows = memo.get(keys)
         todo = [i for i, row in enumerate(rows) if row is None]
         if todo:

@@ -184,7 +184,11 @@ def load_model(
     if isinstance(device, (list, tuple)):
         device = device[0] if device else None
     path = resolve_path(name_or_path, revision=revision, cache_dir=cache_dir, token=token)
-    spec = detect_spec(name_or_path, path)
+    try:
+        spec = detect_spec(name_or_path, path)
+    except ValueError:  # an unreadable config.json: say which file
+        check_files(path)
+        raise
     if family is not None and family != spec.family:
         spec = FAMILY_DEFAULTS[family]  # the caller knows better than the file layout
     torch_device = resolve_device(device)
@@ -195,11 +199,47 @@ def load_model(
     with _CACHE_LOCK:
         loaded = _CACHE.get(key)
         if loaded is None:
-            fam = family_class(spec.family).load(path, spec, torch_device, torch_dtype)
+            check_files(path)
+            try:
+                fam = family_class(spec.family).load(path, spec, torch_device, torch_dtype)
+            except ModelLoadError:
+                raise
+            except (OSError, ValueError, RuntimeError, KeyError) as error:
+                # e.g. a checkpoint that needs its own code (never run here), or weights of the wrong shape
+                weights = ", ".join(f for f in sorted(os.listdir(path)) if f.endswith((".safetensors", ".bin")))
+                raise ModelLoadError(
+                    f"{path}: cannot load this checkpoint from {weights or 'its files'} "
+                    f"({type(error).__name__}: {error}); custom-code checkpoints are not supported"
+                ) from error
             engine = Engine(fam, torch_device, packed=packed)
             loaded = LoadedModel(path=path, spec=spec, family=fam, engine=engine, memo=OutputMemo())
             _CACHE[key] = loaded
     return loaded
+
+
+def check_files(path: str) -> None:
+    """Read the JSON files and the safetensors headers of a checkpoint first, so that a truncated or
+    damaged file (an interrupted download) is reported by name instead of deep inside a library.
+
+    Raises:
+        ModelLoadError: naming the damaged file.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        try:
+            if name.endswith(".json"):
+                with open(full, encoding="utf-8") as fh:
+                    json.load(fh)
+            elif name.endswith(".safetensors"):
+                with safe_open(full, framework="pt") as weights:
+                    for key in weights.keys():
+                        weights.get_slice(key)  # every tensor's header entry must lie inside the file
+        except Exception as error:  # noqa: BLE001 - any failure to read is reported with the file name
+            raise ModelLoadError(f"{full}: damaged or unreadable ({type(error).__name__}: {error})") from error
 
 
 def _load_on_devices(name_or_path: str, devices: list[Any], **kwargs: Any) -> LoadedModel:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bge_core.engine.inputs import as_pair_list, as_text_list
+from bge_core.engine.inputs import as_pair_list, as_text_list, check_unicode
 from bge_core.families.text import apply_instruction
 from bge_core.handle import ModelHandle
 from bge_core.loading import LoadedModel, load_model
@@ -148,6 +148,7 @@ class Reranker(ModelHandle):
         """
         if not isinstance(query, str):
             raise TypeError(f"query must be str, got {type(query).__name__}")
+        check_unicode(query, "query")
         docs, _ = as_text_list(documents, "documents")
         if not docs:
             return []

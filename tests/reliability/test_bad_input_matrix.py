@@ -53,11 +53,6 @@ BATCH = [e for e in ENTRY_POINTS if e.batch]
 TRUNCATABLE = [e for e in ENTRY_POINTS if e.truncate_option]
 BULK = [e for e in ENTRY_POINTS if e.bulk]
 
-SURROGATE_DEFECT = (
-    "core defect: a lone surrogate reaches the HF tokenizer, which raises TypeError 'TextEncodeInput must be "
-    "Union[TextInputSequence, ...]' naming neither the index nor the problem (bge_core.engine.inputs should "
-    "refuse it with ValueError naming the index)"
-)
 
 
 def items_with(entry: EntryPoint, bad: Any) -> list[Any]:
@@ -109,12 +104,7 @@ def test_wrong_types_are_a_type_error_naming_the_index(built, entry, case):
             feed(entry, obj, items)
 
 
-def _surrogate_case(entry: EntryPoint) -> Any:
-    marks = [] if entry.checks_unicode else [pytest.mark.xfail(strict=True, reason=SURROGATE_DEFECT)]
-    return pytest.param(entry, marks=marks, id=str(entry))
-
-
-@pytest.mark.parametrize("entry", [_surrogate_case(e) for e in ENTRY_POINTS])
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=str)
 def test_lone_surrogates_are_a_clear_error_or_a_defined_result(built, entry):
     items = items_with(entry, LONE_SURROGATE)
     obj = built(entry)
@@ -163,18 +153,8 @@ def test_over_length_text_with_truncation_off_is_a_value_error_naming_the_index(
 
 
 MEMO = [e for e in TRUNCATABLE if "m3_memo" in e.tags]
-MEMO_BYPASS_DEFECT = (
-    "core defect: Embedder._encode_m3 serves texts from its output memo before any length check, and the memo "
-    "key (text, max_length, normalize) has no truncate flag: a text once encoded with truncation comes back "
-    "truncated from a truncate=False call instead of raising ValueError"
-)
-MEMO_INDEX_DEFECT = (
-    "core defect: Embedder._encode_m3 runs only the texts missing from its output memo, so truncate=False's "
-    "ValueError names the index within that subset (index 0) instead of the caller's index (1)"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=MEMO_BYPASS_DEFECT)
 @pytest.mark.parametrize("entry", MEMO, ids=str)
 def test_truncation_off_refuses_a_text_seen_before_with_truncation_on(built, entry):
     long = f"{LONG} {uuid.uuid4().hex}"
@@ -183,7 +163,6 @@ def test_truncation_off_refuses_a_text_seen_before_with_truncation_on(built, ent
         feed(entry, built(entry, max_length=SHORT_MAX_LENGTH, truncate=False), items_with(entry, long))
 
 
-@pytest.mark.xfail(strict=True, reason=MEMO_INDEX_DEFECT)
 @pytest.mark.parametrize("entry", [e for e in MEMO if e.batch], ids=str)
 def test_truncation_off_names_the_callers_index_when_other_texts_are_remembered(built, entry):
     obj = built(entry, max_length=SHORT_MAX_LENGTH, truncate=False)
@@ -206,11 +185,6 @@ def test_100000_short_texts(built, entry):
     np.testing.assert_allclose(matrix[5], matrix[5 + 997 * 50], atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason=(
-    "core defect: CrossEncoderFamily cuts the query to query_max_length (default 3/4 of max_length) but never "
-    "below max_length minus the pair's special tokens; when the query alone fills max_length, the tokenizer's "
-    "only_second truncation raises a bare 'Truncation error: Sequence to truncate too short'"
-))
 @pytest.mark.parametrize("max_length, query_max_length", [(16, None), (32, 256)])
 def test_cross_encoder_query_filling_max_length_is_truncated(cross_encoder_path, max_length, query_max_length):
     from bge_core import Reranker

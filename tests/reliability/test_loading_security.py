@@ -71,12 +71,6 @@ BROKEN_FILES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core defect: only the BGE-M3 head files are checked; a truncated or wrong-shape model.safetensors, or a "
-    "truncated config.json / tokenizer.json, surfaces as the library's own error (SafetensorError 'invalid "
-    "header length', JSONDecodeError, RuntimeError 'ignore_mismatched_sizes') that names no file and is no "
-    "ModelLoadError"
-))
 @pytest.mark.parametrize("family", ["m3", "dense", "cross_encoder"])
 @pytest.mark.parametrize("case", sorted(BROKEN_FILES))
 def test_a_broken_checkpoint_file_is_a_model_load_error_naming_it(m3_path, dense_path, cross_encoder_path, tmp_path,
@@ -192,11 +186,6 @@ def custom_code_checkpoint(dense_path, tmp_path) -> tuple[str, Path]:
     return str(path), marker
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core defect: core calls from_pretrained without trust_remote_code, so transformers asks on stdin "
-    "'Do you wish to run the custom code? [y/N]' (waiting up to 15 s) and runs the checkpoint's code on "
-    "'y'; core should pass trust_remote_code=False and raise ModelLoadError naming the checkpoint"
-))
 def test_a_checkpoint_that_needs_its_own_code_is_refused_without_asking(custom_code_checkpoint, monkeypatch):
     path, marker = custom_code_checkpoint
     prompts: list[str] = []

@@ -90,10 +90,6 @@ def test_any_valid_unicode_pair_gives_a_finite_score(cross_encoder_path):
     check()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core defect: a lone surrogate reaches the HF tokenizer, which raises TypeError 'TextEncodeInput must be "
-    "Union[...]' naming neither the index nor the problem"
-))
 def test_a_lone_surrogate_gives_a_defined_result_or_a_clear_error_naming_the_index(embedders):
     model = embedders["m3"]
 

@@ -22,13 +22,15 @@ class CrossEncoderFamily(Family):
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> CrossEncoderFamily:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=False)
         return cls(tokenizer, model.to(device).eval(), spec)
 
     def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
-        query_max = options.get("query_max_length") or max_length * 3 // 4
         tok = self.tokenizer
+        # The query may never take the whole pair: leave room for the specials and one passage token.
+        room = max_length - tok.num_special_tokens_to_add(pair=True) - 1
+        query_max = min(options.get("query_max_length") or max_length * 3 // 4, max(room, 1))
         plain = dict(add_special_tokens=False, return_attention_mask=False)
         queries = tok([cut(q, query_max) for q, _ in items], **plain)["input_ids"]
         passages = tok([cut(p, max_length) for _, p in items], **plain)["input_ids"]

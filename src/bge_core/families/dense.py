@@ -43,11 +43,11 @@ def pool_packed(hidden: torch.Tensor, batch: PackedBatch, method: str) -> torch.
 
 def load_backbone(path: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
     """Tokenizer and bare transformer of a checkpoint, in eval mode on `device`."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config = AutoConfig.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     # Encoders ship a pooler that embeddings never use; not building it saves memory and a warning.
     extra = {"add_pooling_layer": False} if config.model_type in _ENCODERS_WITH_POOLER else {}
-    model = AutoModel.from_pretrained(path, config=config, dtype=dtype, **extra)
+    model = AutoModel.from_pretrained(path, config=config, dtype=dtype, trust_remote_code=False, **extra)
     return tokenizer, model.to(device).eval()
 
 

@@ -26,7 +26,7 @@ class LayerwiseRerankerFamily(Family):
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> LayerwiseRerankerFamily:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if tokenizer.bos_token_id is None:
             raise ModelLoadError(f"{path}: the layerwise reranker's tokenizer needs a BOS token")
         return cls(tokenizer, LayerwiseMiniCPMReranker.from_pretrained(path, device, dtype), spec)

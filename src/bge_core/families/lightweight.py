@@ -30,7 +30,7 @@ class LightweightRerankerFamily(Family):
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> LightweightRerankerFamily:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if tokenizer.bos_token_id is None:
             raise ModelLoadError(f"{path}: the lightweight reranker's tokenizer needs a BOS token")
         return cls(tokenizer, CostWiseGemmaReranker.from_pretrained(path, device, dtype), spec)

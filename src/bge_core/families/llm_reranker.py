@@ -121,8 +121,8 @@ class LLMRerankerFamily(Family):
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> LLMRerankerFamily:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
         return cls(tokenizer, model.to(device).eval(), spec)
 
     def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
