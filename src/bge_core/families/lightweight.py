@@ -3,21 +3,19 @@ optional passage-token compression."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
-from transformers import AutoTokenizer
 
-from bge_core.errors import ModelLoadError
-from bge_core.families.base import Batch, Family, Pending, TokenizedItem
-from bge_core.families.llm_reranker import DEFAULT_INSTRUCTIONS, score_rows, tokenize_pairs
+from bge_core.families.base import Batch, Pending
+from bge_core.families.llm_reranker import OwnModelRerankerFamily, score_rows
 from bge_core.models.gemma2_lightweight import CostWiseGemmaReranker
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 DEFAULT_COMPRESS_LAYERS = [8]
 
 
-class LightweightRerankerFamily(Family):
+class LightweightRerankerFamily(OwnModelRerankerFamily):
     """The gemma reranker's pair layout (BOS always prepended) with its own default prompt.
 
     Options: ``query_max_length``, ``prompt``, ``cutoff_layers`` (None → the last layer),
@@ -25,18 +23,9 @@ class LightweightRerankerFamily(Family):
     needs right padding, which is why this family pads on the right.
     """
 
-    padding_side = "right"
-    default_instructions: ClassVar[tuple[str, str]] = DEFAULT_INSTRUCTIONS
-
-    @classmethod
-    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> LightweightRerankerFamily:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        if tokenizer.bos_token_id is None:
-            raise ModelLoadError(f"{path}: the lightweight reranker's tokenizer needs a BOS token")
-        return cls(tokenizer, CostWiseGemmaReranker.from_pretrained(path, device, dtype), spec)
-
-    def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
-        return tokenize_pairs(self.tokenizer, items, max_length, options, default_prompt=DEFAULT_PROMPT, add_bos=True)
+    model_class = CostWiseGemmaReranker
+    kind = "lightweight"
+    default_prompt = DEFAULT_PROMPT
 
     def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         device = batch.input_ids.device

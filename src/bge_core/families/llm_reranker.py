@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bge_core.engine.inputs import cut
+from bge_core.errors import ModelLoadError
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
 
 DEFAULT_PROMPT = (
@@ -158,3 +159,25 @@ class LLMRerankerFamily(Family):
 def score_rows(scores: torch.Tensor) -> Pending:
     """Per-row float32 score arrays from a [B, k] tensor, copied to the host without blocking."""
     return Pending({"scores": scores.float()}, lambda host: list(host["scores"]))
+
+
+class OwnModelRerankerFamily(Family):
+    """The layerwise and lightweight rerankers: the pair layout with BOS always prepended, on the
+    project's own model code (`model_class`, read from the published checkpoint layout)."""
+
+    padding_side = "right"
+    default_instructions: ClassVar[tuple[str, str]] = DEFAULT_INSTRUCTIONS
+    default_prompt: ClassVar[str] = DEFAULT_PROMPT
+    model_class: ClassVar[Any]
+    kind: ClassVar[str]
+
+    @classmethod
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> OwnModelRerankerFamily:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        if tokenizer.bos_token_id is None:
+            raise ModelLoadError(f"{path}: the {cls.kind} reranker's tokenizer needs a BOS token")
+        return cls(tokenizer, cls.model_class.from_pretrained(path, device, dtype), spec)
+
+    def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
+        return tokenize_pairs(self.tokenizer, items, max_length, options, default_prompt=self.default_prompt,
+                              add_bos=True)
