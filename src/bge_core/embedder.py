@@ -230,7 +230,9 @@ class Embedder(ModelHandle):
                 memo.put([(keys[i], M3Row(row.dense, row.lexical_weights, None)) for i, row in zip(todo, fresh)])
         return Embeddings(
             dense=_stack([r.dense for r in rows], self.dim) if dense else None,
-            lexical_weights=[dict(r.lexical_weights) for r in rows] if sparse else None,
+            # Remembered dicts are copied so a caller editing its result cannot change the memo.
+            lexical_weights=[(dict(r.lexical_weights) if self.reuse_outputs else r.lexical_weights) for r in rows]
+            if sparse else None,
             colbert_vectors=[r.colbert_vectors for r in rows] if colbert else None,
         )
 

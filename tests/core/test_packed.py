@@ -7,8 +7,11 @@ sequence through SDPA, which tests the packing, position ids and every head on p
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from bge_core import Embedder, Reranker
+from bge_core.models.encoder import FusedEncoder, fused_encoder
 
 
 def test_m3_packed_matches_padded(m3_path, parity_texts):
@@ -46,7 +49,9 @@ def test_chunked_tokenization_keeps_input_order(m3_path, parity_texts, monkeypat
 
     texts = [f"{t} #{i}" for i, t in enumerate(parity_texts * 3)]
     expected = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False).encode(texts, sparse=True)
-    monkeypatch.setattr(runner, "CHUNK", 5)  # several chunks, tokenized ahead in a background thread
+    # Several chunks (2, 4, then 5 texts), tokenized ahead in a background thread.
+    monkeypatch.setattr(runner, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(runner, "CHUNK", 5)
     got = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False).encode(texts, sparse=True)
     np.testing.assert_allclose(got.dense, expected.dense, atol=1e-5)
     for a, b in zip(got.lexical_weights, expected.lexical_weights, strict=True):
@@ -65,3 +70,24 @@ def test_device_pool_spreads_batches_and_keeps_order(m3_path, parity_texts):
     np.testing.assert_allclose(got.dense, want.dense, atol=1e-5)
     for a, b in zip(got.colbert_vectors, want.colbert_vectors, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["m3", "dense", "cross_encoder"])
+def test_fused_encoder_matches_transformers_on_packed_tokens(family, request, parity_texts, monkeypatch):
+    """The fused encoder's plumbing (QKV concatenation, residuals, norms) on CPU in fp32; the compiled
+    version runs on CUDA (tests/gpu)."""
+    monkeypatch.setenv("BGE_CORE_COMPILE", "0")
+    path = request.getfixturevalue(f"{family}_path")
+    model = Reranker(path, device="cpu", packed=True) if family == "cross_encoder" else \
+        Embedder(path, device="cpu", packed=True, reuse_outputs=False)
+    engine = model.loaded.engine
+    backbone = engine.family.backbone_module()
+    # Fused forwards are for CUDA half precision; CPU keeps the transformers path.
+    assert engine.family.fused_backbone is None and fused_encoder(backbone) is None
+    texts = parity_texts if family != "cross_encoder" else [(parity_texts[0], t) for t in parity_texts]
+    with torch.inference_mode():
+        batch = engine._pack(engine.tokenize(texts, 64, {}))
+        expected = engine.family.backbone_packed(batch)
+        got = FusedEncoder(backbone)(batch)
+    assert got.shape == expected.shape == (sum(batch.lengths), backbone.config.hidden_size)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)

@@ -178,3 +178,25 @@ def test_llm_rerankers_half_precision(tmp_path, parity_texts, kind):
     assert np.abs(gpu - cpu).max() <= 1e-2 * max(1.0, float(np.abs(cpu).max()))
     bf16 = Reranker(path, device="cuda", dtype="bf16", family=family).score(pairs)
     assert np.corrcoef(bf16.ravel(), cpu.ravel())[0, 1] >= 0.99
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_texts, dtype):
+    """On CUDA, BERT / XLM-R backbones run the fused, compiled encoder; its token states match the
+    transformers backbone on the same packed batch."""
+    from bge_core.models.encoder import FusedEncoder, _shared_post_attention
+
+    for name in ("m3", "dense", "ce"):
+        model = Reranker(gpu_checkpoints[name], device="cuda", dtype=dtype) if name == "ce" else \
+            Embedder(gpu_checkpoints[name], device="cuda", dtype=dtype, reuse_outputs=False)
+        engine = model.loaded.engine
+        assert isinstance(engine.family.fused_backbone, FusedEncoder)
+        texts = parity_texts if name != "ce" else [(parity_texts[0], t) for t in parity_texts]
+        with torch.inference_mode():
+            batch = engine._pack(engine.tokenize(texts * 8, 512, {}))
+            fused = engine.family.backbone_packed(batch).float().cpu().numpy()
+            transformers_path = engine.family.backbone_module()(**batch.backbone_kwargs())
+            reference = transformers_path.last_hidden_state[0].float().cpu().numpy()
+        assert row_cosines(fused, reference).min() >= 0.999
+    post = _shared_post_attention()
+    assert post.compiled is not None and not post.failed  # the compiled function ran, no eager fallback

@@ -18,7 +18,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 IMPLEMENTATION = "bge_varlen"
 
 
-def _flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, causal: bool,
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, causal: bool,
                   scale: float | None) -> torch.Tensor:
     """[T, H, D] packed attention with PyTorch's own varlen flash kernel (no flash-attn package).
 
@@ -45,7 +45,7 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     """transformers attention-interface function for packed batches ([1, H, T, D] in, [1, T, H, D] out)."""
     cu, max_len = kwargs["cu_seq_lens_q"], kwargs["max_length_q"]
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
-    out = _flash_varlen(q, k, v, cu, max_len, bool(getattr(module, "is_causal", False)), scaling)
+    out = packed_attention(q, k, v, cu, max_len, bool(getattr(module, "is_causal", False)), scaling)
     return out.unsqueeze(0), None
 
 

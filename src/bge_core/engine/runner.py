@@ -17,12 +17,15 @@ from bge_core.engine import schedule
 from bge_core.engine.attention import can_pack, use_packed_attention
 from bge_core.engine.graphs import GraphCache
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
+from bge_core.models.encoder import fused_encoder
 
 #: Default token budget of one batch (padded rows × longest row). Large enough to keep a GPU
 #: busy on passages, small enough for an 8192-token document to fit on a modest card.
 DEFAULT_TOKEN_BUDGET = {"cuda": 65536, "cpu": 16384}
 #: Inputs tokenized at a time on the packed path (the next chunk is tokenized while this one runs).
 CHUNK = 4096
+#: The first chunk is small so the device starts early; chunks then double up to CHUNK.
+FIRST_CHUNK = 512
 #: Inputs per tokenizer call.
 TOKENIZE_SLICE = 256
 
@@ -62,6 +65,7 @@ class Engine:
         self.packed = bool(packed) and family.supports_packing
         if self.packed:
             use_packed_attention(family.model)
+            family.fused_backbone = fused_encoder(family.backbone_module())
         # Single short inputs (online queries) replay CUDA graphs instead of launching kernels one by one.
         self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None
         self._tokenizer_lock = threading.Lock()
@@ -106,8 +110,14 @@ class Engine:
         the previous one. Padded batches (and `truncate=False`, which must see every input first)
         tokenize everything, then sort globally.
         """
-        chunk = CHUNK if self.packed and truncate else len(items)
-        spans = [(start, items[start : start + chunk]) for start in range(0, len(items), chunk)]
+        spans = []
+        if self.packed and truncate:
+            start, size = 0, min(FIRST_CHUNK, CHUNK)
+            while start < len(items):
+                spans.append((start, items[start : start + size]))
+                start, size = start + size, min(2 * size, CHUNK)
+        else:
+            spans = [(0, items)]
         if len(spans) == 1:  # nothing to overlap with (e.g. one online query): no helper thread
             yield from self._batches_of(0, self.tokenize(items, max_length, options), max_length, truncate, budget)
             return
@@ -187,7 +197,7 @@ class Engine:
             if self.device.type != "cuda":
                 return tensor
             if total < 4096:  # pinning costs more than a small copy saves (online queries)
-                return tensor.to(self.device)
+                return tensor.to(self.device, non_blocking=True)
             # Pinned, so the copy does not wait for kernels already queued.
             return tensor.pin_memory().to(self.device, non_blocking=True)
 

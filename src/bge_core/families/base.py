@@ -120,8 +120,10 @@ class Family(ABC):
 
     padding_side: ClassVar[Literal["left", "right"]] = "right"
     pad_to_multiple_of: ClassVar[int | None] = None
-    #: Families that implement `backbone_packed` / `heads_packed` run padding-free on CUDA.
+    #: Families that implement `heads_packed` run padding-free on CUDA.
     supports_packing: ClassVar[bool] = False
+    #: Set by the engine: a fused packed forward of the backbone (BERT / XLM-R on CUDA), or None.
+    fused_backbone: Callable[[PackedBatch], torch.Tensor] | None = None
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
         self.tokenizer = tokenizer
@@ -146,9 +148,16 @@ class Family(ABC):
     def forward(self, batch: Batch, options: dict[str, Any]) -> list[Any] | Pending:
         """Run the backbone and the head on one batch; one output per row (or a `Pending` of them)."""
 
+    def backbone_module(self) -> torch.nn.Module:
+        """The transformers backbone whose token states the heads read."""
+        return self.model
+
     def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
-        """Token states [T, d] of a packed batch (families with `supports_packing`)."""
-        raise TypeError(f"{type(self).__name__} does not run on packed batches")
+        """Token states [T, d] of a packed batch (families with `supports_packing`): the fused
+        encoder where the engine set one, else the transformers backbone on packed attention."""
+        if self.fused_backbone is not None:
+            return self.fused_backbone(batch)
+        return self.backbone_module()(**batch.backbone_kwargs()).last_hidden_state[0]
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
         """The same outputs as `forward`, from the token states of a packed batch."""

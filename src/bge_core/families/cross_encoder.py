@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bge_core.engine.inputs import cut
+from bge_core.engine.tokens import decode_ids, encode_ids
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
 
 
@@ -29,37 +30,36 @@ class CrossEncoderFamily(Family):
     def tokenize(self, items: list[tuple[str, str]], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
         tok = self.tokenizer
         # The query may never take the whole pair: leave room for the specials and one passage token.
-        room = max_length - tok.num_special_tokens_to_add(pair=True) - 1
-        query_max = min(options.get("query_max_length") or max_length * 3 // 4, max(room, 1))
-        plain = dict(add_special_tokens=False, return_attention_mask=False)
-        queries = tok([cut(q, query_max) for q, _ in items], **plain)["input_ids"]
-        passages = tok([cut(p, max_length) for _, p in items], **plain)["input_ids"]
         specials = tok.num_special_tokens_to_add(pair=True)
+        room = max_length - specials - 1
+        query_max = min(options.get("query_max_length") or max_length * 3 // 4, max(room, 1))
+        queries = encode_ids(tok, [cut(q, query_max) for q, _ in items], max_length=None, add_special_tokens=False)
+        passages = encode_ids(tok, [cut(p, max_length) for _, p in items], max_length=None, add_special_tokens=False)
         over = [len(q) > query_max or len(q) + len(p) + specials > max_length for q, p in zip(queries, passages)]
         # FlagEmbedding 1.4 (transformers 5) decodes the cut ids and tokenizes the texts again; the
         # round trip is not always the identity (unknown tokens, cut words), so it is kept as is.
-        decode = dict(skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        q_texts = tok.batch_decode([q[:query_max] for q in queries], **decode)
-        p_texts = tok.batch_decode([p[:max_length] for p in passages], **decode)
-        ids: list[list[int] | None] = [None] * len(items)
+        q_texts = decode_ids(tok, [q[:query_max] for q in queries])
+        p_texts = decode_ids(tok, [p[:max_length] for p in passages])
+        ids: list[list[int]] = [[] for _ in items]
         full = [i for i, p in enumerate(p_texts) if p]
         # An empty passage is no second text: the query is tokenized alone (as a per-pair call does).
         alone = [i for i, p in enumerate(p_texts) if not p]
-        for group, pair in ((full, True), (alone, False)):
-            if group:
-                second = [p_texts[i] for i in group] if pair else None
-                encoded = tok([q_texts[i] for i in group], second, truncation="only_second" if pair else True,
-                              max_length=max_length, return_attention_mask=False)["input_ids"]
-                for i, row in zip(group, encoded):
-                    ids[i] = row
-        return [TokenizedItem(ids=list(row), over_length=flag) for row, flag in zip(ids, over)]
+        if full:
+            encoded = encode_ids(tok, [(q_texts[i], p_texts[i]) for i in full], max_length=max_length,
+                                 strategy="only_second")
+            for i, row in zip(full, encoded):
+                ids[i] = row
+        if alone:
+            for i, row in zip(alone, encode_ids(tok, [q_texts[i] for i in alone], max_length=max_length)):
+                ids[i] = row
+        return [TokenizedItem(row, flag) for row, flag in zip(ids, over)]
 
     def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return _scores(logits)
 
-    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
-        return self.model.base_model(**batch.backbone_kwargs()).last_hidden_state[0]
+    def backbone_module(self) -> torch.nn.Module:
+        return self.model.base_model
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         # The classification head reads only each pair's first token; run it on those rows alone.

@@ -79,9 +79,6 @@ class DenseFamily(Family):
     def hidden_states(self, batch: Batch) -> torch.Tensor:
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
-    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
-        return self.model(**batch.backbone_kwargs()).last_hidden_state[0]
-
     def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         vectors = pool(self.hidden_states(batch), batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,9 @@ class M3Family(DenseFamily):
         self.sparse_linear = sparse
         # FlagEmbedding drops these ids from lexical weights (cls, eos, pad, unk).
         special = [tokenizer.cls_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id]
-        self.unused_ids = torch.tensor(sorted({int(i) for i in special if i is not None}))
+        # Kept on the model's device: copying it there per batch would wait for the queued forward.
+        self.unused_ids = torch.tensor(sorted({int(i) for i in special if i is not None}),
+                                       device=next(model.parameters()).device)
 
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> M3Family:
@@ -133,9 +136,8 @@ class M3Family(DenseFamily):
         all with shapes known in advance, so nothing waits for the device.
         """
         weights = torch.relu(self.sparse_linear(tokens.hidden)).squeeze(-1).float()
-        device = weights.device
         vocab = int(self.model.config.vocab_size)
-        keep = (weights > 0) & ~torch.isin(tokens.ids, self.unused_ids.to(device))
+        keep = (weights > 0) & ~torch.isin(tokens.ids, self.unused_ids)
         dropped = len(tokens.lengths) * vocab
         keys = torch.where(keep, tokens.seq_ids * vocab + tokens.ids, dropped)
         keys, order = torch.sort(keys)
@@ -159,9 +161,10 @@ def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int) -> list[dict
     if "sparse_first" in host:  # FlagEmbedding's dicts list token ids in the order the text has them
         reorder = np.lexsort((host["sparse_first"][: len(real)][real], keys // vocab))
         keys, best = keys[reorder], best[reorder]
-    bounds = np.searchsorted(keys // vocab, np.arange(n + 1))
-    ids, values = (keys % vocab).tolist(), best.tolist()
-    return [dict(zip(ids[a:b], values[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
+    counts = np.diff(np.searchsorted(keys // vocab, np.arange(n + 1))).tolist()
+    # One pass over shared iterators: no per-text slice copies of the id and weight lists.
+    ids, values = iter((keys % vocab).tolist()), iter(best.tolist())
+    return [dict(zip(islice(ids, c), islice(values, c))) for c in counts]
 
 
 @dataclass

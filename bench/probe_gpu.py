@@ -1,0 +1,190 @@
+"""Exploration probe (one GPU): where a passages run spends its time, GPU-bound throughput of the
+backbone, and a packed encoder with fused QKV and compiled post-attention blocks."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads as W  # noqa: E402
+
+OUT = os.environ.get("OUT", "/tmp")
+CK = "/tmp/bge-bench"
+LOG: dict = {}
+
+
+def say(key, value):
+    LOG[key] = value
+    print(key, value, flush=True)
+
+
+def wall(fn, repeats=3):
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        s = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - s)
+    return sorted(times)[len(times) // 2]
+
+
+def gaps(trace_path):
+    with open(trace_path) as fh:
+        events = json.load(fh)["traceEvents"]
+    ks = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "kernel")
+    if not ks:
+        return {}
+    busy, gap_total, big, end = 0.0, 0.0, [], ks[0][0]
+    for s, e in ks:
+        if s > end:
+            gap_total += s - end
+            if s - end > 500:
+                big.append(round((s - end) / 1000, 2))
+        busy += max(0.0, e - max(s, end))
+        end = max(end, e)
+    span = (ks[-1][1] - ks[0][0]) / 1e6
+    return dict(span_s=span, busy_s=busy / 1e6, gap_s=gap_total / 1e6, gaps_over_0_5ms=len(big),
+                gap_sum_over_0_5ms_s=sum(big) / 1e3, largest_ms=sorted(big)[-10:])
+
+
+def profiled(name, fn):
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    path = f"/tmp/trace-{name}.json"
+    prof.export_chrome_trace(path)
+    say(f"gaps {name}", gaps(path))
+    with open(path, "rb") as src, gzip.open(f"{OUT}/trace-{name}.json.gz", "wb") as dst:
+        dst.write(src.read())
+    events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:14]
+    say(f"top {name}", [(round(e.self_device_time_total / 1e3, 1), e.count, e.key[:80]) for e in top])
+
+
+class PackedEncoder:
+    """BERT / XLM-R encoder on packed tokens: fused QKV GEMM, varlen flash attention, and the
+    post-attention block (out-proj, residual, LayerNorm, FFN, residual, LayerNorm) optionally compiled."""
+
+    def __init__(self, model, compile_mode=None):
+        self.model = model
+        c = model.config
+        self.heads, self.eps = c.num_attention_heads, c.layer_norm_eps
+        self.params = []
+        for layer in model.encoder.layer:
+            sa, ao = layer.attention.self, layer.attention.output
+            wqkv = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight], 0)
+            bqkv = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias], 0)
+            self.params.append((wqkv, bqkv, ao.dense.weight, ao.dense.bias, ao.LayerNorm.weight, ao.LayerNorm.bias,
+                                layer.intermediate.dense.weight, layer.intermediate.dense.bias,
+                                layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm.weight,
+                                layer.output.LayerNorm.bias))
+        self.post = _post if compile_mode is None else torch.compile(_post, dynamic=True, mode=compile_mode)
+
+    def __call__(self, batch):
+        x = self.model.embeddings(input_ids=batch.input_ids, position_ids=batch.position_ids)[0]
+        T, d = x.shape
+        for p in self.params:
+            qkv = F.linear(x, p[0], p[1]).view(T, 3, self.heads, d // self.heads)
+            q, k, v = qkv.unbind(1)
+            o = torch.ops.aten._flash_attention_forward(q, k, v, batch.cu_seqlens, batch.cu_seqlens, batch.max_length,
+                                                        batch.max_length, 0.0, False, False)[0]
+            x = self.post(o.reshape(T, d), x, *p[2:], self.eps)
+        return x
+
+
+def _post(o, x, wo, bo, g1, b1, wi, bi, w2, b2, g2, bb2, eps: float):
+    d = x.shape[-1]
+    h = F.layer_norm(F.linear(o, wo, bo) + x, (d,), g1, b1, eps)
+    y = F.linear(F.gelu(F.linear(h, wi, bi)), w2, b2)
+    return F.layer_norm(y + h, (d,), g2, bb2, eps)
+
+
+def attention_kernels():
+    """Varlen attention kernels on a long-document batch and a passages batch (one layer, 16 x 64, bf16)."""
+    import random
+
+    rng = random.Random(0)
+    shapes = {"long": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
+              "passages": [min(510, max(8, int(rng.lognormvariate(4.5, 0.6)))) + 2 for _ in range(600)]}
+    for name, lengths in shapes.items():
+        total = sum(lengths)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        q, k, v = (torch.randn(total, 16, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        longest = max(lengths)
+        flops = sum(4 * n * n * 64 * 16 for n in lengths)
+        ref = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, longest, longest, 0.0, False, False)[0]
+        kernels = {
+            "flash": lambda: torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, longest, longest, 0.0, False,
+                                                                     False)[0],
+            "cudnn": lambda: torch.ops.aten._cudnn_attention_forward(q, k, v, None, cu, cu, longest, longest, False,
+                                                                     0.0, False, False)[0],
+            "efficient": lambda: torch.ops.aten._efficient_attention_forward(
+                q[None], k[None], v[None], None, cu, cu, longest, longest, 0.0, 0, False)[0][0],
+        }
+        for kname, fn in kernels.items():
+            try:
+                out = fn()
+                diff = (out.float() - ref.float()).abs().max().item()
+                for _ in range(3):
+                    fn()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(20):
+                    fn()
+                end.record()
+                torch.cuda.synchronize()
+                ms = start.elapsed_time(end) / 20
+                say(f"attn {name} {kname}", dict(ms=ms, tflops=flops / ms / 1e9, max_diff=diff, tokens=total))
+            except Exception as error:  # noqa: BLE001
+                say(f"attn {name} {kname} failed", repr(error)[:300])
+
+
+def end_to_end():
+    from bge_core import Embedder, Reranker
+
+    say("card", torch.cuda.get_device_name())
+    path = W.build_m3(f"{CK}/m3")
+    emb = Embedder(path, device="cuda:0", dtype="bf16", reuse_outputs=False)
+    for name, texts, max_length in (("passages", W.passages(), 512), ("long", W.long_documents(), 8192)):
+        tokens = W.words(texts) + 2 * len(texts)
+        t0 = time.perf_counter()
+        emb.encode(texts[:256], max_length=max_length)
+        say(f"first call {name} s", time.perf_counter() - t0)
+        for mode, kw in {"dense": {}, "all3": dict(sparse=True, colbert=True)}.items():
+            s = wall(lambda: emb.encode(texts, max_length=max_length, **kw))
+            say(f"e2e {name} {mode}", dict(s=s, ktok_s=tokens / s / 1e3))
+        profiled(f"{name}-all3", lambda: emb.encode(texts, max_length=max_length, sparse=True, colbert=True))
+    emb = None
+    torch.cuda.empty_cache()
+    rpath = W.build_cross_encoder(f"{CK}/reranker")
+    pairs = W.rerank_pairs()
+    rr = Reranker(rpath, device="cuda:0", dtype="bf16")
+    rr.score(pairs[:256])
+    s = wall(lambda: rr.score(pairs))
+    say("e2e rerank", dict(s=s, pairs_s=len(pairs) / s))
+    profiled("rerank", lambda: rr.score(pairs))
+
+
+def main():
+    parts = sys.argv[1].split(",") if len(sys.argv) > 1 else ["attn", "e2e"]
+    if "attn" in parts:
+        attention_kernels()
+    if "e2e" in parts:
+        end_to_end()
+    with open(f"{OUT}/probe.json", "w") as fh:
+        json.dump(LOG, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

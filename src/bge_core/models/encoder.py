@@ -1,0 +1,129 @@
+"""A fused forward of BERT / XLM-R encoders on packed tokens (CUDA).
+
+transformers runs each encoder layer as separate kernels: three Q/K/V GEMMs, then the bias add,
+residual add and LayerNorm each reading and writing every activation. On packed passages that
+memory traffic is ~8% of an H200's time (bench/probe_gpu.py). Here one GEMM computes Q, K and V,
+PyTorch's varlen flash kernel does attention, and the rest of the layer (output projection,
+residual, LayerNorm, feed-forward, residual, LayerNorm) is one `torch.compile`d function with a
+dynamic token count, so residual adds fuse into the LayerNorms. The weights are the model's own
+(Q/K/V concatenated once); the math is the same up to bf16/fp16 rounding. Where compilation is not
+available (no Triton, no compiler), the same function runs eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from bge_core.engine.attention import packed_attention
+
+if TYPE_CHECKING:
+    from bge_core.families.base import PackedBatch
+
+log = logging.getLogger(__name__)
+
+#: Set to "0" to run the fused encoder without torch.compile (debugging, or a machine without Triton).
+COMPILE_ENV = "BGE_CORE_COMPILE"
+_SUPPORTED = {"bert", "xlm-roberta", "roberta"}
+
+
+def _post_attention(attn: torch.Tensor, x: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
+                    g_attn: torch.Tensor, b_attn: torch.Tensor, w_up: torch.Tensor, b_up: torch.Tensor,
+                    w_down: torch.Tensor, b_down: torch.Tensor, g_ffn: torch.Tensor, b_ffn: torch.Tensor,
+                    eps: float) -> torch.Tensor:
+    """BERT's layer after attention: out-proj + residual → LayerNorm → GELU FFN + residual → LayerNorm."""
+    d = x.shape[-1]
+    h = F.layer_norm(F.linear(attn, w_out, b_out) + x, (d,), g_attn, b_attn, eps)
+    y = F.linear(F.gelu(F.linear(h, w_up, b_up)), w_down, b_down)
+    return F.layer_norm(y + h, (d,), g_ffn, b_ffn, eps)
+
+
+class _Compiled:
+    """`torch.compile(fn)`, made at the first call, that falls back to `fn` for good if compiling fails."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        self.failed = False
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        if not self.failed and os.environ.get(COMPILE_ENV, "1") != "0":
+            try:
+                if self.compiled is None:
+                    self.compiled = torch.compile(self.fn, dynamic=True)
+                return self.compiled(*args)
+            except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
+                log.warning("torch.compile of the encoder layer failed (%s: %s); running eagerly",
+                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                self.failed = True
+        return self.fn(*args)
+
+
+# One compiled function serves every layer and every model: weights are arguments, not constants.
+_POST_ATTENTION = None
+
+
+def _shared_post_attention() -> _Compiled:
+    global _POST_ATTENTION
+    if _POST_ATTENTION is None:
+        _POST_ATTENTION = _Compiled(_post_attention)
+    return _POST_ATTENTION
+
+
+class FusedEncoder:
+    """Packed-token forward of a BERT / XLM-R backbone; build with `fused_encoder`.
+
+    Example:
+        >>> encoder = fused_encoder(model)  # doctest: +SKIP
+        >>> encoder(packed_batch).shape      # doctest: +SKIP
+        torch.Size([T, 1024])
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        config = model.config
+        self.embeddings = model.embeddings
+        self.heads = int(config.num_attention_heads)
+        self.eps = float(config.layer_norm_eps)
+        self.post = _shared_post_attention()
+        self.layers = []
+        for layer in model.encoder.layer:
+            attn, out = layer.attention.self, layer.attention.output
+            qkv_weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]).detach()
+            qkv_bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]).detach()
+            self.layers.append((qkv_weight, qkv_bias, out.dense.weight, out.dense.bias, out.LayerNorm.weight,
+                                out.LayerNorm.bias, layer.intermediate.dense.weight, layer.intermediate.dense.bias,
+                                layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm.weight,
+                                layer.output.LayerNorm.bias))
+
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
+        x = self.embeddings(input_ids=batch.input_ids, position_ids=batch.position_ids)[0]
+        tokens, width = x.shape
+        cu, longest = batch.cu_seqlens, batch.max_length
+        for qkv_weight, qkv_bias, *rest in self.layers:
+            q, k, v = F.linear(x, qkv_weight, qkv_bias).view(tokens, 3, self.heads, width // self.heads).unbind(1)
+            attn = packed_attention(q, k, v, cu, longest, False, None)
+            x = self.post(attn.reshape(tokens, width), x, *rest, self.eps)
+        return x
+
+
+def fused_encoder(model: torch.nn.Module) -> FusedEncoder | None:
+    """A `FusedEncoder` for a plain BERT / XLM-R / RoBERTa backbone on CUDA in half precision, else
+    None (other architectures, relative position embeddings, non-GELU activations, CPU)."""
+    config = model.config
+    weight = next(model.parameters())
+    plain = (
+        getattr(config, "model_type", None) in _SUPPORTED
+        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and config.hidden_act == "gelu"
+        and not getattr(config, "is_decoder", False)
+        and weight.is_cuda
+        and weight.dtype in (torch.float16, torch.bfloat16)
+        and hasattr(model, "embeddings")
+        and hasattr(model, "encoder")
+    )
+    return FusedEncoder(model) if plain else None
