@@ -49,9 +49,11 @@ def test_chunked_tokenization_keeps_input_order(m3_path, parity_texts, monkeypat
 
     texts = [f"{t} #{i}" for i, t in enumerate(parity_texts * 3)]
     expected = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False).encode(texts, sparse=True)
-    # Several chunks (2, 4, then 5 texts), tokenized ahead in a background thread.
-    monkeypatch.setattr(runner, "FIRST_CHUNK", 2)
+    # Several chunks (growing from one text to 5), tokenized ahead in a background thread.
+    monkeypatch.setattr(runner, "FIRST_CHUNK_CHARS", 1)
     monkeypatch.setattr(runner, "CHUNK", 5)
+    assert [len(part) for _, part in runner._chunks(texts)][:2] == [1, 1]
+    assert max(len(part) for _, part in runner._chunks(texts)) == 5
     got = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False).encode(texts, sparse=True)
     np.testing.assert_allclose(got.dense, expected.dense, atol=1e-5)
     for a, b in zip(got.lexical_weights, expected.lexical_weights, strict=True):

@@ -22,10 +22,12 @@ from bge_core.models.encoder import fused_encoder
 #: Default token budget of one batch (padded rows × longest row). Large enough to keep a GPU
 #: busy on passages, small enough for an 8192-token document to fit on a modest card.
 DEFAULT_TOKEN_BUDGET = {"cuda": 65536, "cpu": 16384}
-#: Inputs tokenized at a time on the packed path (the next chunk is tokenized while this one runs).
+#: Most inputs tokenized at a time on the packed path (the next chunk is tokenized while this one runs).
 CHUNK = 4096
-#: The first chunk is small so the device starts early; chunks then double up to CHUNK.
-FIRST_CHUNK = 512
+#: Characters in the first chunk: small, so the device starts early (~20k tokens of text); each later
+#: chunk may hold CHUNK_GROWTH times more, so tokenization stays ahead of the device.
+FIRST_CHUNK_CHARS = 1 << 17
+CHUNK_GROWTH = 1.5
 #: Inputs per tokenizer call.
 TOKENIZE_SLICE = 256
 
@@ -38,6 +40,26 @@ def _check_lengths(tokenized: list[TokenizedItem], max_length: int) -> None:
             f"{len(over)} input(s) exceed max_length={max_length} tokens at index {shown}; "
             "pass truncate=True to cut them"
         )
+
+
+def _chars(item: Any) -> int:
+    """Characters of an input: a text, or the texts of a pair."""
+    if isinstance(item, str):
+        return len(item)
+    return sum(len(part) for part in item if isinstance(part, str)) if isinstance(item, (tuple, list)) else 1
+
+
+def _chunks(items: list[Any]) -> list[tuple[int, list[Any]]]:
+    """(start, items) spans: the first about FIRST_CHUNK_CHARS characters, then growing."""
+    spans, start, budget = [], 0, float(FIRST_CHUNK_CHARS)
+    while start < len(items):
+        end, chars = start, 0
+        while end < len(items) and end - start < CHUNK and (end == start or chars < budget):
+            chars += _chars(items[end])
+            end += 1
+        spans.append((start, items[start:end]))
+        start, budget = end, budget * CHUNK_GROWTH
+    return spans
 
 
 class Engine:
@@ -110,14 +132,7 @@ class Engine:
         the previous one. Padded batches (and `truncate=False`, which must see every input first)
         tokenize everything, then sort globally.
         """
-        spans = []
-        if self.packed and truncate:
-            start, size = 0, min(FIRST_CHUNK, CHUNK)
-            while start < len(items):
-                spans.append((start, items[start : start + size]))
-                start, size = start + size, min(2 * size, CHUNK)
-        else:
-            spans = [(0, items)]
+        spans = _chunks(items) if self.packed and truncate else [(0, items)]
         if len(spans) == 1:  # nothing to overlap with (e.g. one online query): no helper thread
             yield from self._batches_of(0, self.tokenize(items, max_length, options), max_length, truncate, budget)
             return

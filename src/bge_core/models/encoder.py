@@ -118,7 +118,7 @@ def fused_encoder(model: torch.nn.Module) -> FusedEncoder | None:
     weight = next(model.parameters())
     plain = (
         getattr(config, "model_type", None) in _SUPPORTED
-        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+        and getattr(config, "position_embedding_type", None) in (None, "absolute")
         and config.hidden_act == "gelu"
         and not getattr(config, "is_decoder", False)
         and weight.is_cuda
