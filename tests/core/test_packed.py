@@ -54,7 +54,13 @@ def test_chunked_tokenization_keeps_input_order(m3_path, parity_texts, monkeypat
     monkeypatch.setattr(runner, "CHUNK", 5)
     assert [len(part) for _, part in runner._chunks(texts)][:2] == [1, 1]
     assert max(len(part) for _, part in runner._chunks(texts)) == 5
-    got = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False).encode(texts, sparse=True)
+    model = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False)
+    got = model.encode(texts, sparse=True)
+    # A chunk's partial last batch is topped up from the next chunk: every batch but the last is full.
+    batches = list(model.loaded.engine.batches(texts, 64, {}, True, 200))
+    assert sorted(i for indices, _ in batches for i in indices) == list(range(len(texts)))
+    longest = max(len(row.ids) for _, rows in batches for row in rows)
+    assert all(sum(len(row.ids) for row in rows) > 200 - longest for _, rows in batches[:-1])
     np.testing.assert_allclose(got.dense, expected.dense, atol=1e-5)
     for a, b in zip(got.lexical_weights, expected.lexical_weights, strict=True):
         assert set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-5 for k in a)

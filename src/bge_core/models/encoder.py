@@ -57,6 +57,8 @@ class _Compiled:
                 if self.compiled is None:
                     self.compiled = torch.compile(self.fn, dynamic=True)
                 return self.compiled(*args)
+            except torch.OutOfMemoryError:  # the engine splits the batch; compiling did not fail
+                raise
             except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
                 log.warning("torch.compile of the encoder layer failed (%s: %s); running eagerly",
                             type(error).__name__, str(error).splitlines()[0] if str(error) else "")
