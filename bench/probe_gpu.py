@@ -182,12 +182,99 @@ def end_to_end():
     profiled("rerank", lambda: rr.score(pairs))
 
 
+def host_breakdown():
+    """Where the main thread's time goes in one call: waiting for tokens, packing, launching,
+    waiting for the device, building results; plus time in the garbage collector."""
+    import collections
+    import gc
+
+    import bge_core.engine.runner as R
+    import bge_core.families.base as B
+    from bge_core import Embedder, Reranker
+
+    T = collections.Counter()
+
+    def timed_method(cls, name):
+        orig = getattr(cls, name)
+
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return orig(*a, **k)
+            finally:
+                T[name] += time.perf_counter() - t
+        setattr(cls, name, wrapper)
+
+    for name in ("_forward", "_pack", "tokenize"):
+        timed_method(R.Engine, name)
+    orig_finish = B.Pending.finish
+
+    def finish(self):
+        t = time.perf_counter()
+        if self._event is not None:
+            self._event.synchronize()
+        T["device wait"] += time.perf_counter() - t
+        t = time.perf_counter()
+        out = orig_finish(self)
+        T["build"] += time.perf_counter() - t
+        return out
+    B.Pending.finish = finish
+    orig_batches = R.Engine.batches
+
+    def batches(self, *a, **k):
+        it = orig_batches(self, *a, **k)
+        while True:
+            t = time.perf_counter()
+            try:
+                x = next(it)
+            except StopIteration:
+                return
+            finally:
+                T["next batch"] += time.perf_counter() - t
+            yield x
+    R.Engine.batches = batches
+    gc_start = {}
+
+    def on_gc(phase, info):
+        if phase == "start":
+            gc_start["t"] = time.perf_counter()
+        else:
+            T[f"gc gen{info['generation']}"] += time.perf_counter() - gc_start.get("t", time.perf_counter())
+    gc.callbacks.append(on_gc)
+
+    def run(label, fn):
+        fn()
+        gc.collect()
+        T.clear()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        total = time.perf_counter() - t
+        say(f"host {label}", dict(total=round(total, 3), **{k: round(v, 3) for k, v in T.items()}))
+
+    path = W.build_m3(f"{CK}/m3")
+    texts = W.passages()
+    emb = Embedder(path, device="cuda:0", dtype="bf16", reuse_outputs=False)
+    emb.encode(texts[:256])
+    run("passages dense", lambda: emb.encode(texts))
+    run("passages all3", lambda: emb.encode(texts, sparse=True, colbert=True))
+    run("passages dense again", lambda: emb.encode(texts))
+    emb = None
+    rr = Reranker(W.build_cross_encoder(f"{CK}/reranker"), device="cuda:0", dtype="bf16")
+    pairs = W.rerank_pairs()
+    rr.score(pairs[:256])
+    run("rerank", lambda: rr.score(pairs))
+
+
 def main():
     parts = sys.argv[1].split(",") if len(sys.argv) > 1 else ["attn", "e2e"]
     if "attn" in parts:
         attention_kernels()
     if "e2e" in parts:
         end_to_end()
+    if "host" in parts:
+        host_breakdown()
     with open(f"{OUT}/probe.json", "w") as fh:
         json.dump(LOG, fh, indent=1)
 
