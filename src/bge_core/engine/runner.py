@@ -166,8 +166,8 @@ class Engine:
               results: list[Any], bar: Any, lock: threading.Lock | None = None) -> None:
         """Run batches from `stream` on this engine, writing each output at its input index.
 
-        A batch's host-side work (copies, building dicts) is done only after the next batch is
-        queued on the device, so the two overlap. Several engines may share one `stream` (`lock`).
+        A batch's host-side work (copies, building dicts) is done only after the next two batches
+        are queued on the device, so the two overlap. Several engines may share one `stream` (`lock`).
         """
         in_flight: list[tuple[list[int], list[Any], int]] = []
 
@@ -191,7 +191,7 @@ class Engine:
 
             pendings = schedule.run_with_oom_split(list(range(len(rows))), run_part)
             in_flight.append((indices, pendings, sum(len(r.ids) for r in rows)))
-            settle(keep=1)
+            settle(keep=2)  # two batches queued ahead: a host hiccup does not idle the device
         settle(keep=0)
 
     def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> list[Any] | Pending:
@@ -207,31 +207,32 @@ class Engine:
             return self.family.heads_packed(hidden, batch, options)
 
     def _pack(self, rows: list[TokenizedItem]) -> PackedBatch:
-        lengths = np.array([len(r.ids) for r in rows])
-        total = int(lengths.sum())
-        ids = np.fromiter(itertools.chain.from_iterable(r.ids for r in rows), dtype=np.int64, count=total)
-        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        positions = np.arange(total) - starts + self.family.position_offset()
-        seq_ids = np.repeat(np.arange(len(rows)), lengths)
-        cu = np.zeros(len(rows) + 1, dtype=np.int32)
-        cu[1:] = np.cumsum(lengths)
-
-        def to_device(array: np.ndarray) -> torch.Tensor:
-            tensor = torch.from_numpy(array)
-            if self.device.type != "cuda":
-                return tensor
-            if total < 4096:  # pinning costs more than a small copy saves (online queries)
-                return tensor.to(self.device, non_blocking=True)
-            # Pinned, so the copy does not wait for kernels already queued.
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-
+        """One host-to-device copy (ids, then lengths); offsets, positions and sequence ids are
+        derived on the device. Each copy or pin releases and re-takes the GIL, which the
+        tokenizer thread may hold for milliseconds, so the host does as few as it can."""
+        n = len(rows)
+        host = np.empty(n, dtype=np.int64)
+        host[:] = [len(r.ids) for r in rows]
+        total = int(host.sum())
+        host = np.concatenate([np.fromiter(itertools.chain.from_iterable(r.ids for r in rows), dtype=np.int64,
+                                           count=total), host])
+        buffer = torch.from_numpy(host)
+        if self.device.type == "cuda":
+            # Pinned, so the copy does not wait for kernels already queued; pinning costs more than a
+            # small copy saves (online queries).
+            buffer = (buffer.pin_memory() if total >= 4096 else buffer).to(self.device, non_blocking=True)
+        ids, lengths = buffer[:total], buffer[total:]
+        cu = torch.zeros(n + 1, dtype=torch.int32, device=buffer.device)
+        cu[1:] = torch.cumsum(lengths, 0)
+        seq_ids = torch.repeat_interleave(torch.arange(n, device=buffer.device), lengths, output_size=total)
+        positions = torch.arange(total, device=buffer.device) - cu[:-1].long()[seq_ids] + self.family.position_offset()
         return PackedBatch(
-            input_ids=to_device(ids)[None],
-            position_ids=to_device(positions.astype(np.int64))[None],
-            cu_seqlens=to_device(cu),
-            max_length=int(lengths.max()),
-            lengths=lengths.tolist(),
-            seq_ids=to_device(seq_ids.astype(np.int64)),
+            input_ids=ids[None],
+            position_ids=positions[None],
+            cu_seqlens=cu,
+            max_length=int(host[total:].max()),
+            lengths=host[total:].tolist(),
+            seq_ids=seq_ids,
             metas=[r.meta for r in rows],
         )
 

@@ -33,13 +33,17 @@ class CrossEncoderFamily(Family):
         specials = tok.num_special_tokens_to_add(pair=True)
         room = max_length - specials - 1
         query_max = min(options.get("query_max_length") or max_length * 3 // 4, max(room, 1))
-        queries = encode_ids(tok, [cut(q, query_max) for q, _ in items], max_length=None, add_special_tokens=False)
-        passages = encode_ids(tok, [cut(p, max_length) for _, p in items], max_length=None, add_special_tokens=False)
+        n = len(items)
+        # Queries and passages in one backend call, and decoded in one: per-call overhead is GIL time.
+        both = encode_ids(tok, [cut(q, query_max) for q, _ in items] + [cut(p, max_length) for _, p in items],
+                          max_length=None, add_special_tokens=False)
+        queries, passages = both[:n], both[n:]
         over = [len(q) > query_max or len(q) + len(p) + specials > max_length for q, p in zip(queries, passages)]
         # FlagEmbedding 1.4 (transformers 5) decodes the cut ids and tokenizes the texts again; the
         # round trip is not always the identity (unknown tokens, cut words), so it is kept as is.
-        q_texts = decode_ids(tok, [q[:query_max] for q in queries])
-        p_texts = decode_ids(tok, [p[:max_length] for p in passages])
+        texts = decode_ids(tok, [q if len(q) <= query_max else q[:query_max] for q in queries]
+                           + [p if len(p) <= max_length else p[:max_length] for p in passages])
+        q_texts, p_texts = texts[:n], texts[n:]
         ids: list[list[int]] = [[] for _ in items]
         full = [i for i, p in enumerate(p_texts) if p]
         # An empty passage is no second text: the query is tokenized alone (as a per-pair call does).
