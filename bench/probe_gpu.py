@@ -164,12 +164,6 @@ def end_to_end():
         for mode, kw in {"dense": {}, "all3": dict(sparse=True, colbert=True)}.items():
             s = wall(lambda: emb.encode(texts, max_length=max_length, **kw))
             say(f"e2e {name} {mode}", dict(s=s, ktok_s=tokens / s / 1e3))
-        if name == "passages":  # A/B: the last layer for every token
-            fam = emb.loaded.engine.family
-            fam.reads_first_tokens_only = lambda options: False
-            s = wall(lambda: emb.encode(texts, max_length=max_length))
-            say(f"e2e {name} dense, full last layer", dict(s=s, ktok_s=tokens / s / 1e3))
-            del fam.reads_first_tokens_only
         profiled(f"{name}-all3", lambda: emb.encode(texts, max_length=max_length, sparse=True, colbert=True))
     emb = None
     torch.cuda.empty_cache()
