@@ -9,7 +9,6 @@ per-token and needs no change; only position ids must restart at each sequence.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -20,21 +19,19 @@ IMPLEMENTATION = "bge_varlen"
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, causal: bool,
-                     scale: float | None, cu_q: torch.Tensor | None = None, max_q: int | None = None) -> torch.Tensor:
+                  scale: float | None) -> torch.Tensor:
     """[T, H, D] packed attention with PyTorch's own varlen flash kernel (no flash-attn package).
 
-    `cu_q` / `max_q` give the queries their own sequence bounds (e.g. one query per sequence
-    attending to all of its keys); by default queries and keys share `cu`. Off CUDA (tests of the
-    packed path on CPU) each sequence runs through SDPA in turn.
+    Off CUDA (tests of the packed path on CPU) each sequence runs through SDPA in turn.
     """
-    cu_q, max_q = (cu, max_len) if cu_q is None else (cu_q, max_q)
     if q.is_cuda:
-        out = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu, max_q, max_len, 0.0, causal, False,
+        out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, causal, False,
                                                       scale=scale)
         return out[0]
+    bounds = cu.tolist()
     parts = []
-    for (qa, qb), (ka, kb) in zip(itertools.pairwise(cu_q.tolist()), itertools.pairwise(cu.tolist())):
-        qs, ks, vs = q[qa:qb].transpose(0, 1), k[ka:kb].transpose(0, 1), v[ka:kb].transpose(0, 1)
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qs, ks, vs = (x[start:end].transpose(0, 1) for x in (q, k, v))
         if ks.shape[0] != qs.shape[0]:  # grouped-query attention
             ks = ks.repeat_interleave(qs.shape[0] // ks.shape[0], dim=0)
             vs = vs.repeat_interleave(qs.shape[0] // vs.shape[0], dim=0)

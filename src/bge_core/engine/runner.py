@@ -203,7 +203,7 @@ class Engine:
             batch = self._pack(rows)
             hidden = self.graphs.backbone(batch) if self.graphs is not None and self.graphs.fits(batch) else None
             if hidden is None:
-                hidden = self.family.backbone_packed(batch, self.family.reads_first_tokens_only(options))
+                hidden = self.family.backbone_packed(batch)
             return self.family.heads_packed(hidden, batch, options)
 
     def _pack(self, rows: list[TokenizedItem]) -> PackedBatch:

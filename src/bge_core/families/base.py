@@ -142,7 +142,7 @@ class Family(ABC):
     #: Families that implement `heads_packed` run padding-free on CUDA.
     supports_packing: ClassVar[bool] = False
     #: Set by the engine: a fused packed forward of the backbone (BERT / XLM-R on CUDA), or None.
-    fused_backbone: Callable[[PackedBatch, bool], torch.Tensor] | None = None
+    fused_backbone: Callable[[PackedBatch], torch.Tensor] | None = None
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any) -> None:
         self.tokenizer = tokenizer
@@ -171,17 +171,11 @@ class Family(ABC):
         """The transformers backbone whose token states the heads read."""
         return self.model
 
-    def reads_first_tokens_only(self, options: dict[str, Any]) -> bool:
-        """Whether the heads read only each sequence's first token (then the fused encoder's last
-        layer runs for those tokens alone)."""
-        return False
-
-    def backbone_packed(self, batch: PackedBatch, first_only: bool = False) -> torch.Tensor:
+    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
         """Token states [T, d] of a packed batch (families with `supports_packing`): the fused
-        encoder where the engine set one, else the transformers backbone on packed attention.
-        With `first_only`, only each sequence's first row is guaranteed final (see FusedEncoder)."""
+        encoder where the engine set one, else the transformers backbone on packed attention."""
         if self.fused_backbone is not None:
-            return self.fused_backbone(batch, first_only)
+            return self.fused_backbone(batch)
         return self.backbone_module()(**batch.backbone_kwargs()).last_hidden_state[0]
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:

@@ -65,9 +65,6 @@ class CrossEncoderFamily(Family):
     def backbone_module(self) -> torch.nn.Module:
         return self.model.base_model
 
-    def reads_first_tokens_only(self, options: dict[str, Any]) -> bool:
-        return True
-
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         # The classification head reads only each pair's first token; run it on those rows alone.
         first = hidden[batch.starts].unsqueeze(1)  # [n, 1, d], the layout the heads expect

@@ -83,9 +83,6 @@ class DenseFamily(Family):
         vectors = pool(self.hidden_states(batch), batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)
 
-    def reads_first_tokens_only(self, options: dict[str, Any]) -> bool:
-        return (options.get("pooling") or self.spec.pooling) == "cls"
-
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         vectors = pool_packed(hidden, batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)

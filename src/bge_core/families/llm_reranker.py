@@ -137,7 +137,7 @@ class LLMRerankerFamily(Family):
         ).last_hidden_state
         return self._score(hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_positions()])
 
-    def backbone_packed(self, batch: PackedBatch, first_only: bool = False) -> torch.Tensor:
+    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
         return self.decoder(**batch.backbone_kwargs(), use_cache=False).last_hidden_state[0]
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:

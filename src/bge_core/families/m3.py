@@ -89,9 +89,6 @@ class M3Family(DenseFamily):
                         seq_ids=seq_ids)
         return self._heads(tokens, options)
 
-    def reads_first_tokens_only(self, options: dict[str, Any]) -> bool:
-        return super().reads_first_tokens_only(options) and not options.get("sparse") and not options.get("colbert")
-
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         tokens = Tokens(hidden=hidden, ids=batch.input_ids[0], lengths=batch.lengths, first=batch.starts,
                         seq_ids=batch.seq_ids)

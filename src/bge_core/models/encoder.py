@@ -102,26 +102,12 @@ class FusedEncoder:
                                 layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm.weight,
                                 layer.output.LayerNorm.bias))
 
-    def __call__(self, batch: PackedBatch, first_only: bool = False) -> torch.Tensor:
-        """Token states [T, d]. With `first_only`, the last layer runs for each sequence's first
-        token alone (its query attends to every key): exactly those rows are final, the others
-        keep the previous layer's states. Heads that read only first tokens (CLS pooling, cross-
-        encoder logits) save a layer's worth of work."""
+    def __call__(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embeddings(input_ids=batch.input_ids, position_ids=batch.position_ids)[0]
         tokens, width = x.shape
-        heads, head_dim = self.heads, width // self.heads
         cu, longest = batch.cu_seqlens, batch.max_length
-        last = len(self.layers) - 1
-        for i, (qkv_weight, qkv_bias, *rest) in enumerate(self.layers):
-            if first_only and i == last:
-                starts = batch.starts
-                first = x[starts]
-                q = F.linear(first, qkv_weight[:width], qkv_bias[:width]).view(-1, heads, head_dim)
-                k, v = F.linear(x, qkv_weight[width:], qkv_bias[width:]).view(tokens, 2, heads, head_dim).unbind(1)
-                one_each = torch.arange(len(starts) + 1, dtype=cu.dtype, device=cu.device)
-                attn = packed_attention(q, k, v, cu, longest, False, None, cu_q=one_each, max_q=1)
-                return x.index_copy(0, starts, self.post(attn.reshape(-1, width), first, *rest, self.eps))
-            q, k, v = F.linear(x, qkv_weight, qkv_bias).view(tokens, 3, heads, head_dim).unbind(1)
+        for qkv_weight, qkv_bias, *rest in self.layers:
+            q, k, v = F.linear(x, qkv_weight, qkv_bias).view(tokens, 3, self.heads, width // self.heads).unbind(1)
             attn = packed_attention(q, k, v, cu, longest, False, None)
             x = self.post(attn.reshape(tokens, width), x, *rest, self.eps)
         return x
