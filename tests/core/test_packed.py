@@ -56,11 +56,11 @@ def test_chunked_tokenization_keeps_input_order(m3_path, parity_texts, monkeypat
     assert max(len(part) for _, part in runner._chunks(texts)) == 5
     model = Embedder(m3_path, device="cpu", packed=True, reuse_outputs=False)
     got = model.encode(texts, sparse=True)
-    # A chunk's partial last batch is topped up from the next chunk: every batch but the last is full.
+    # A chunk's last batch under half the budget is topped up from the next chunk (except the first
+    # chunk's, so the device starts at once): no batch between the first and the last is that small.
     batches = list(model.loaded.engine.batches(texts, 64, {}, True, 200))
     assert sorted(i for indices, _ in batches for i in indices) == list(range(len(texts)))
-    longest = max(len(row.ids) for _, rows in batches for row in rows)
-    assert all(sum(len(row.ids) for row in rows) > 200 - longest for _, rows in batches[:-1])
+    assert all(sum(len(row.ids) for row in rows) >= 100 for _, rows in batches[1:-1])
     np.testing.assert_allclose(got.dense, expected.dense, atol=1e-5)
     for a, b in zip(got.lexical_weights, expected.lexical_weights, strict=True):
         assert set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-5 for k in a)

@@ -135,29 +135,34 @@ class Engine:
         spans = _chunks(items) if self.packed and truncate else [(0, items)]
         if len(spans) == 1:  # nothing to overlap with (e.g. one online query): no helper thread
             rows = list(enumerate(self.tokenize(items, max_length, options)))
-            yield from self._batches_of(rows, max_length, truncate, budget, last=True)
+            yield from self._batches_of(rows, max_length, truncate, budget, hold=False)
             return
         with ThreadPoolExecutor(max_workers=1) as pool:
             futures = [pool.submit(self.tokenize, part, max_length, options) for _, part in spans[:2]]
-            # A chunk's last, partly filled batch waits to be topped up by the next chunk.
+            # A chunk's last batch, if under half full, waits to be topped up by the next chunk (not
+            # the first chunk's: the device should start at once).
             held: list[tuple[int, TokenizedItem]] = []
             for k, (start, _) in enumerate(spans):
                 tokenized = futures[k].result()
                 if k + 2 < len(spans):
                     futures.append(pool.submit(self.tokenize, spans[k + 2][1], max_length, options))
                 rows = [*held, *enumerate(tokenized, start)]
-                held = yield from self._batches_of(rows, max_length, truncate, budget, last=k == len(spans) - 1)
+                hold = 0 < k < len(spans) - 1
+                held = yield from self._batches_of(rows, max_length, truncate, budget, hold=hold)
 
     def _batches_of(self, rows: list[tuple[int, TokenizedItem]], max_length: int, truncate: bool, budget: int,
-                    last: bool) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
-        """Yield the batches of (input index, row) pairs; unless `last`, return the final partial batch."""
+                    hold: bool) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+        """Yield the batches of (input index, row) pairs; with `hold`, return a final batch that is
+        under half the budget instead of yielding it."""
         tokenized = [row for _, row in rows]
         if not truncate:
             _check_lengths(tokenized, max_length)
         lengths = [len(t.ids) for t in tokenized]
         groups = list(schedule.token_budget_batches(schedule.length_order(lengths), lengths, budget,
                                                     padded=not self.packed))
-        kept = [] if last or not groups else groups.pop()
+        kept = []
+        if hold and groups and sum(lengths[i] for i in groups[-1]) < budget // 2:
+            kept = groups.pop()
         for group in groups:
             yield [rows[i][0] for i in group], [tokenized[i] for i in group]
         return [rows[i] for i in kept]
