@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bge_core.engine.runner import DevicePool, Engine
+from bge_core.engine.runner import Engine
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Family
 from bge_core.memo import OutputMemo
 from bge_core.registry import FAMILY_DEFAULTS, ModelSpec, detect_spec
+
+if TYPE_CHECKING:
+    from bge_core.engine.workers import ProcessDevicePool
 
 # Files a BGE checkpoint never needs: other frameworks' weights.
 _IGNORE = ["*.onnx", "onnx/*", "*.h5", "*.msgpack", "*.ot", "flax_model*", "tf_model*", "openvino/*", "*.gguf"]
@@ -117,7 +120,7 @@ class LoadedModel:
     path: str
     spec: ModelSpec
     family: Family
-    engine: Engine | DevicePool
+    engine: Engine | ProcessDevicePool
     memo: OutputMemo
 
     @property
@@ -243,15 +246,30 @@ def check_files(path: str) -> None:
 
 
 def _load_on_devices(name_or_path: str, devices: list[Any], **kwargs: Any) -> LoadedModel:
-    """One replica per device behind a `DevicePool` (cached like a single model)."""
-    parts = [load_model(name_or_path, device=d, **kwargs) for d in devices]
-    key = ("pool", *[id(p) for p in parts])
+    """One worker process per device behind a `ProcessDevicePool` (cached like a single model).
+
+    This process keeps a CPU copy in the workers' dtype to tokenize, form batches and answer
+    questions about the model (dimensions, tokenizer); it never runs it.
+    """
+    from bge_core.engine.runner import DEFAULT_TOKEN_BUDGET
+    from bge_core.engine.workers import ProcessDevicePool
+
+    torch_devices = [resolve_device(d) for d in devices]
+    torch_dtype = resolve_dtype(kwargs.get("dtype"), torch_devices[0])
+    packed = kwargs.get("packed")
+    if packed is None:  # what each worker's engine chooses by default
+        packed = all(d.type == "cuda" for d in torch_devices) and torch_dtype in (torch.float16, torch.bfloat16)
+    scheduler = load_model(name_or_path, **{**kwargs, "dtype": torch_dtype, "packed": packed}, device="cpu")
+    key = (scheduler.path, scheduler.spec.family, tuple(map(str, torch_devices)), str(torch_dtype), packed)
     with _CACHE_LOCK:
         loaded = _POOLS.get(key)
         if loaded is None:
-            first = parts[0]
-            pool = DevicePool([p.engine for p in parts])
-            loaded = LoadedModel(path=first.path, spec=first.spec, family=first.family, engine=pool, memo=OutputMemo())
+            load_kwargs = dict(name_or_path=scheduler.path, dtype=torch_dtype, family=scheduler.spec.family,
+                               packed=packed)
+            budget = DEFAULT_TOKEN_BUDGET.get(torch_devices[0].type, 16384)
+            pool = ProcessDevicePool(scheduler.engine, load_kwargs, [str(d) for d in torch_devices], packed, budget)
+            loaded = LoadedModel(path=scheduler.path, spec=scheduler.spec, family=scheduler.family, engine=pool,
+                                 memo=OutputMemo())
             _POOLS[key] = loaded
     return loaded
 
@@ -263,5 +281,7 @@ def clear_cache() -> None:
     """Forget every loaded model (their memory is freed once no handle refers to them)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+        for pool in _POOLS.values():
+            pool.engine.close()
         _POOLS.clear()
 

@@ -67,17 +67,48 @@ def test_chunked_tokenization_keeps_input_order(m3_path, parity_texts, monkeypat
 
 
 def test_device_pool_spreads_batches_and_keeps_order(m3_path, parity_texts):
+    """A device list starts one worker process per device; batches are pulled by both and every
+    output (dense, lexical dicts, ColBERT arrays through shared memory) lands at its input index."""
+    from bge_core.engine.workers import ProcessDevicePool
+
     texts = [f"{t} #{i}" for i, t in enumerate(parity_texts * 4)]
     single = Embedder(m3_path, device="cpu", reuse_outputs=False)
     pool = Embedder(m3_path, device=["cpu", "cpu"], reuse_outputs=False, batch_tokens=64)
-    assert type(pool.loaded.engine).__name__ == "DevicePool"
-    before = pool.loaded.engine.forward_calls
+    engine = pool.loaded.engine
+    assert isinstance(engine, ProcessDevicePool)
+    before = engine.forward_calls
     got = pool.encode(texts, sparse=True, colbert=True)
-    assert pool.loaded.engine.forward_calls - before > 2  # many small batches, pulled by two workers
+    assert engine.forward_calls - before > 2  # many small batches, pulled by two workers
+    assert sum(engine.rows_by_worker) == engine.rows_forwarded >= len(texts)
     want = single.encode(texts, sparse=True, colbert=True)
     np.testing.assert_allclose(got.dense, want.dense, atol=1e-5)
     for a, b in zip(got.colbert_vectors, want.colbert_vectors, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(got.lexical_weights, want.lexical_weights, strict=True):
+        assert set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+
+def test_device_pool_errors_reach_the_caller_and_workers_stay_usable(dense_path, parity_texts):
+    pool = Embedder(dense_path, device=["cpu", "cpu"], batch_tokens=64)
+    want = Embedder(dense_path, device="cpu").encode(parity_texts).dense
+    with pytest.raises(ValueError, match="unknown pooling"):  # raised inside a worker
+        pool.encode(parity_texts * 4, _options={"pooling": "bogus"})
+    with pytest.raises(ValueError, match="exceed max_length"):  # found while forming batches
+        pool.encode(["word " * 200], max_length=16, truncate=False)
+    np.testing.assert_allclose(pool.encode(parity_texts).dense, want, atol=1e-5)
+
+
+def test_worker_outputs_round_trip_through_shared_memory():
+    from bge_core.engine.workers import dump_outputs, load_outputs
+
+    outputs = [{"dense": np.arange(2048, dtype=np.float32), "weights": {5: 0.25}, "small": np.ones(3)},
+               np.arange(4096, dtype=np.float16).reshape(64, 64), None]
+    data, shared, layout = dump_outputs(outputs)
+    assert shared is not None and len(layout) == 2  # the two large arrays; the small one is pickled
+    back = load_outputs(data, shared, layout)
+    np.testing.assert_array_equal(back[0]["dense"], outputs[0]["dense"])
+    np.testing.assert_array_equal(back[1], outputs[1])
+    assert back[1].dtype == np.float16 and back[0]["weights"] == {5: 0.25} and back[2] is None
 
 
 @pytest.mark.parametrize("family", ["m3", "dense", "cross_encoder"])

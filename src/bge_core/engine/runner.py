@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -119,8 +118,18 @@ class Engine:
         Raises:
             ValueError: `truncate=False` and some items exceed `max_length` (indices listed).
         """
-        return run_on([self], items, max_length=max_length, options=options, truncate=truncate,
-                      token_budget=token_budget, show_progress=show_progress)
+        if not items:
+            return []
+        results: list[Any] = [None] * len(items)
+
+        def deliver(indices: list[int], outputs: list[Any]) -> None:
+            for index, output in zip(indices, outputs):
+                results[index] = output
+
+        stream = self.batches(items, max_length, options, truncate, token_budget or self.token_budget)
+        with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
+            self.drive(stream, options, deliver, bar)
+        return results
 
     def batches(
         self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int
@@ -168,25 +177,23 @@ class Engine:
         return [rows[i] for i in kept]
 
     def drive(self, stream: Iterator[tuple[list[int], list[TokenizedItem]]], options: dict[str, Any],
-              results: list[Any], bar: Any, lock: threading.Lock | None = None) -> None:
-        """Run batches from `stream` on this engine, writing each output at its input index.
+              deliver: Callable[[list[int], list[Any]], None], bar: Any) -> None:
+        """Run batches from `stream` on this engine, handing each batch's outputs to `deliver` with
+        their input indices.
 
         A batch's host-side work (copies, building dicts) is done only after the next two batches
-        are queued on the device, so the two overlap. Several engines may share one `stream` (`lock`).
+        are queued on the device, so the two overlap.
         """
         in_flight: list[tuple[list[int], list[Any], int]] = []
 
         def settle(keep: int) -> None:
             while len(in_flight) > keep:
                 indices, pendings, n_tokens = in_flight.pop(0)
-                outputs = [o for p in pendings for o in (p.finish() if isinstance(p, Pending) else p)]
-                for index, output in zip(indices, outputs):
-                    results[index] = output
+                deliver(indices, [o for p in pendings for o in (p.finish() if isinstance(p, Pending) else p)])
                 bar.update(n_tokens)
 
         while True:
-            with lock or contextlib.nullcontext():
-                nxt = next(stream, None)
+            nxt = next(stream, None)
             if nxt is None:
                 break
             indices, rows = nxt
@@ -261,78 +268,3 @@ class Engine:
             padding_side=self.family.padding_side,
             metas=[r.meta for r in rows],
         )
-
-
-class DevicePool:
-    """One persistent engine (and worker thread) per device; every batch goes to whichever device
-    asks for work next, so the split follows tokens, not item counts.
-
-    Example:
-        >>> pool = DevicePool([Engine(family_on_gpu0, torch.device("cuda:0")),
-        ...                    Engine(family_on_gpu1, torch.device("cuda:1"))])
-        >>> outputs = pool.run(texts, max_length=512, options={})
-    """
-
-    def __init__(self, engines: list[Engine]) -> None:
-        self.engines = engines
-        self.device = engines[0].device
-        self.packed = engines[0].packed
-        self.token_budget = engines[0].token_budget
-        self._workers = ThreadPoolExecutor(max_workers=len(engines), thread_name_prefix="bge-device")
-
-    @property
-    def family(self) -> Family:
-        return self.engines[0].family
-
-    @property
-    def rows_forwarded(self) -> int:
-        return sum(e.rows_forwarded for e in self.engines)
-
-    @property
-    def forward_calls(self) -> int:
-        return sum(e.forward_calls for e in self.engines)
-
-    def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
-        return self.engines[0].tokenize(items, max_length, options)
-
-    def run(
-        self,
-        items: list[Any],
-        *,
-        max_length: int,
-        options: dict[str, Any],
-        truncate: bool = True,
-        token_budget: int | None = None,
-        show_progress: bool = False,
-    ) -> list[Any]:
-        """`Engine.run` spread over every device; outputs in input order."""
-        return run_on(self.engines, items, max_length=max_length, options=options, truncate=truncate,
-                      token_budget=token_budget, show_progress=show_progress, workers=self._workers)
-
-
-def run_on(
-    engines: list[Engine],
-    items: list[Any],
-    *,
-    max_length: int,
-    options: dict[str, Any],
-    truncate: bool,
-    token_budget: int | None,
-    show_progress: bool,
-    workers: ThreadPoolExecutor | None = None,
-) -> list[Any]:
-    """Tokenize once, then let every engine pull batches until none is left; outputs in input order."""
-    if not items:
-        return []
-    first = engines[0]
-    results: list[Any] = [None] * len(items)
-    stream = first.batches(items, max_length, options, truncate, token_budget or first.token_budget)
-    with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
-        if len(engines) == 1 or workers is None:
-            first.drive(stream, options, results, bar)
-        else:
-            lock = threading.Lock()
-            jobs = [workers.submit(e.drive, stream, options, results, bar, lock) for e in engines]
-            for job in jobs:
-                job.result()  # re-raises a worker's error here
-    return results

@@ -1,0 +1,319 @@
+"""One persistent worker process per device.
+
+Threads cannot feed several GPUs: launching kernels, packing batches and building outputs all hold
+the one GIL, so two GPUs in one process reach ~1.4× one (bench/). Here each device has its own
+process with its own engine, and the calling process only tokenizes, forms batches and collects
+outputs. Batches go to whichever worker takes the next one from a shared queue, so work is split by
+tokens, not by item counts. Output arrays travel in shared memory (one segment per batch); the rest
+of an output (dicts, scalars) is pickled.
+
+Workers are started with the "spawn" method (CUDA cannot be forked), so a script that creates a
+multi-device model must guard its entry point with ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import itertools
+import logging
+import pickle
+import queue
+import threading
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bge_core.families.base import Family, TokenizedItem
+
+log = logging.getLogger(__name__)
+
+#: Arrays at least this large travel in shared memory; smaller ones are pickled.
+SHARED_ARRAY_BYTES = 4096
+#: Seconds allowed for a worker to start and load its model.
+START_TIMEOUT = 600.0
+
+
+def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[tuple[int, str, tuple[int, ...]]]]:
+    """Pickle `outputs`, moving every large numpy array into one shared-memory buffer.
+
+    Example:
+        >>> data, shared, layout = dump_outputs([np.zeros(4096, dtype=np.float32)])
+        >>> load_outputs(data, shared, layout)[0].shape
+        (4096,)
+    """
+    arrays: list[np.ndarray] = []
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> int | None:
+            if type(obj) is np.ndarray and obj.dtype != object and obj.nbytes >= SHARED_ARRAY_BYTES:
+                arrays.append(obj)
+                return len(arrays) - 1
+            return None
+
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(outputs)
+    if not arrays:
+        return buffer.getvalue(), None, []
+    layout, offset = [], 0
+    for array in arrays:
+        offset = -(-offset // 64) * 64  # aligned, so every view is aligned for its dtype
+        layout.append((offset, array.dtype.str, array.shape))
+        offset += array.nbytes
+    shared = torch.empty(offset, dtype=torch.uint8).share_memory_()
+    flat = shared.numpy()
+    for (start, _, _), array in zip(layout, arrays):
+        flat[start : start + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    return buffer.getvalue(), shared, layout
+
+
+def load_outputs(data: bytes, shared: torch.Tensor | None, layout: list[tuple[int, str, tuple[int, ...]]]) -> list[Any]:
+    """Inverse of `dump_outputs`; arrays are views of the shared buffer (kept alive by them)."""
+    flat = shared.numpy() if shared is not None else None
+
+    class _Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid: int) -> np.ndarray:
+            start, dtype, shape = layout[pid]
+            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            return flat[start : start + size].view(np.dtype(dtype)).reshape(shape)
+
+    return _Unpickler(io.BytesIO(data)).load()
+
+
+def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: Any, results: Any) -> None:
+    """A worker process: load the model on `device`, then run every batch taken from `jobs`.
+
+    Consecutive batches of one call run as one stream (two queued on the device while the host
+    finishes the previous one); the stream ends when the queue is momentarily empty.
+    """
+    from bge_core.loading import load_model
+
+    try:
+        engine = load_model(**load_kwargs, device=device).engine
+        torch.set_grad_enabled(False)
+    except BaseException as error:  # noqa: BLE001 - reported to the caller, which raises it
+        results.put(("failed", worker, _portable(error)))
+        return
+    results.put(("ready", worker, None))
+    failed: set[int] = set()
+    message = jobs.get()
+    while message is not None:
+        call = message[1]
+        if call in failed:  # the rest of a call that already failed here
+            message = jobs.get()
+            continue
+        batches = _Batches(jobs, message)
+
+        def deliver(indices: list[int], outputs: list[Any], call: int = call) -> None:
+            counts = (engine.forward_calls, engine.rows_forwarded)
+            results.put(("out", worker, (call, indices, counts, *dump_outputs(outputs))))
+
+        try:
+            engine.drive(iter(batches), message[2], deliver, _NoBar())
+        except BaseException as error:  # noqa: BLE001 - sent back to the caller
+            failed.add(call)
+            results.put(("error", worker, (call, _portable(error))))
+        message = batches.following if batches.following is not _NOTHING else jobs.get()
+
+
+_NOTHING = object()
+
+
+class _Batches:
+    """Consecutive batches of one call, for as long as the queue has them ready; `following` is
+    the message that ended the run (another call's batch, or None to shut down)."""
+
+    def __init__(self, jobs: Any, first: tuple) -> None:
+        self.jobs, self.first, self.following = jobs, first, _NOTHING
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+        yield self.first[3], self.first[4]
+        while True:
+            try:
+                message = self.jobs.get_nowait()
+            except queue.Empty:
+                return
+            if message is None or message[1] != self.first[1]:
+                self.following = message
+                return
+            yield message[3], message[4]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+
+def _portable(error: BaseException) -> BaseException:
+    """The error itself if it pickles, else a RuntimeError carrying its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
+
+
+class ProcessDevicePool:
+    """Persistent worker processes, one per device; `run` spreads a call's batches over all of them.
+
+    `scheduler` is an engine loaded in this process (on the CPU) that only tokenizes and forms the
+    batches, exactly as the workers' engines would; it never runs the model.
+
+    Example:
+        >>> pool = ProcessDevicePool(scheduler, dict(name_or_path=path, dtype="bf16"), ["cuda:0", "cuda:1"])
+        >>> outputs = pool.run(texts, max_length=512, options={}, truncate=True, token_budget=None)
+    """
+
+    def __init__(self, scheduler: Any, load_kwargs: dict[str, Any], devices: list[str], packed: bool,
+                 token_budget: int) -> None:
+        self.scheduler = scheduler
+        self.devices = [str(d) for d in devices]
+        self.device = torch.device(self.devices[0])
+        self.packed = packed
+        self.token_budget = token_budget
+        self.forward_calls = 0
+        self.rows_forwarded = 0
+        self.rows_by_worker = [0] * len(self.devices)  # rows each device's worker has run
+        self._counts = [(0, 0)] * len(self.devices)
+        self._lock = threading.Lock()
+        self._calls = itertools.count(1)
+        context = torch.multiprocessing.get_context("spawn")
+        self._jobs = context.Queue(maxsize=4 * len(self.devices))
+        self._results = context.Queue()
+        # At exit, unsent jobs are dropped instead of blocking the interpreter's shutdown.
+        self._jobs.cancel_join_thread()
+        self._processes = [
+            context.Process(target=_worker_main, args=(load_kwargs, i, d, self._jobs, self._results), daemon=True,
+                            name=f"bge-device-{d}")
+            for i, d in enumerate(self.devices)
+        ]
+        for process in self._processes:
+            process.start()
+        ready = 0
+        while ready < len(self.devices):
+            kind, _, error = self._next_result(START_TIMEOUT)  # type: ignore[misc]
+            if kind == "failed":
+                self.close()
+                raise error
+            ready += kind == "ready"
+
+    @property
+    def family(self) -> Family:
+        return self.scheduler.family
+
+    def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
+        return self.scheduler.tokenize(items, max_length, options)
+
+    def run(
+        self,
+        items: list[Any],
+        *,
+        max_length: int,
+        options: dict[str, Any],
+        truncate: bool = True,
+        token_budget: int | None = None,
+        show_progress: bool = False,
+    ) -> list[Any]:
+        """`Engine.run` spread over every device's worker; outputs in input order."""
+        if not items:
+            return []
+        with self._lock:
+            return self._run(items, max_length, options, truncate, token_budget or self.token_budget, show_progress)
+
+    def _run(self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int,
+             show_progress: bool) -> list[Any]:
+        call = next(self._calls)
+        results: list[Any] = [None] * len(items)
+        failure: list[BaseException] = []
+        stop = threading.Event()
+
+        def feed() -> None:
+            try:
+                for indices, rows in self.scheduler.batches(items, max_length, options, truncate, budget):
+                    if stop.is_set():
+                        return
+                    self._put(("batch", call, options, indices, rows), stop)
+            except BaseException as error:  # noqa: BLE001 - raised by the caller below
+                failure.append(error)
+                stop.set()
+
+        feeder = threading.Thread(target=feed, name="bge-feed", daemon=True)
+        feeder.start()
+        remaining = len(items)
+        with tqdm(total=len(items), disable=not show_progress, desc="encode") as bar:
+            while remaining and not failure:
+                message = self._next_result(None, stop)
+                if message is None:
+                    continue
+                kind, worker, payload = message
+                if not isinstance(payload, tuple) or payload[0] != call:  # left over from an earlier call
+                    continue
+                if kind == "error":
+                    failure.append(payload[1])
+                    stop.set()
+                    continue
+                _, indices, (calls, rows), data, shared, layout = payload
+                for index, output in zip(indices, load_outputs(data, shared, layout)):
+                    results[index] = output
+                remaining -= len(indices)
+                bar.update(len(indices))
+                before = self._counts[worker]
+                self.forward_calls += calls - before[0]
+                self.rows_forwarded += rows - before[1]
+                self.rows_by_worker[worker] += rows - before[1]
+                self._counts[worker] = (calls, rows)
+        feeder.join()
+        if failure:
+            with contextlib.suppress(queue.Empty):  # drop this call's batches still waiting
+                while True:
+                    self._jobs.get_nowait()
+            raise failure[0]
+        return results
+
+    def _put(self, message: tuple, stop: threading.Event | None) -> None:
+        """Queue a message, checking now and then that the workers are alive."""
+        while True:
+            try:
+                self._jobs.put(message, timeout=1.0)
+                return
+            except queue.Full:
+                self._check_alive()
+                if stop is not None and stop.is_set():
+                    return
+
+    def _next_result(self, timeout: float | None, stop: threading.Event | None = None) -> tuple[str, str, Any] | None:
+        """The next worker message; None once `stop` is set. Checks every second that the workers live."""
+        waited = 0.0
+        while True:
+            try:
+                return self._results.get(timeout=1.0 if stop is None else 0.1)
+            except queue.Empty:
+                if stop is not None and stop.is_set():
+                    return None
+                self._check_alive()
+                waited += 1.0 if stop is None else 0.1
+                if timeout is not None and waited >= timeout:
+                    self.close()
+                    raise TimeoutError(f"device workers did not start within {timeout:.0f} s") from None
+
+    def _check_alive(self) -> None:
+        for device, process in zip(self.devices, self._processes):
+            if not process.is_alive():
+                self.close()
+                raise RuntimeError(f"the worker process for {device} exited (code {process.exitcode})")
+
+    def close(self) -> None:
+        """Stop the workers (also done at interpreter exit: they are daemons)."""
+        for _ in self._processes:
+            with contextlib.suppress(Exception):
+                self._jobs.put_nowait(None)
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+        for channel in (self._jobs, self._results):
+            channel.close()
