@@ -64,11 +64,19 @@ def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[t
         offset = -(-offset // 64) * 64  # aligned, so every view is aligned for its dtype
         layout.append((offset, array.dtype.str, array.shape))
         offset += array.nbytes
-    shared = torch.empty(offset, dtype=torch.uint8).share_memory_()
+    shared = _shared_bytes(offset)
     flat = shared.numpy()
     for (start, _, _), array in zip(layout, arrays):
         flat[start : start + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     return buffer.getvalue(), shared, layout
+
+
+def _shared_bytes(size: int) -> torch.Tensor:
+    """An uninitialised uint8 tensor in shared memory (allocated there, not copied there)."""
+    try:
+        return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
+    except (AttributeError, RuntimeError):  # a torch without the private constructor
+        return torch.empty(size, dtype=torch.uint8).share_memory_()
 
 
 def load_outputs(data: bytes, shared: torch.Tensor | None, layout: list[tuple[int, str, tuple[int, ...]]]) -> list[Any]:
