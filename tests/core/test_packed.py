@@ -110,6 +110,17 @@ def test_worker_outputs_round_trip_through_shared_memory():
     np.testing.assert_array_equal(back[1], outputs[1])
     assert back[1].dtype == np.float16 and back[0]["weights"] == {5: 0.25} and back[2] is None
 
+    # Rows of one batch array (as heads return them) travel as that array, copied once.
+    batch = np.random.default_rng(0).standard_normal((64, 1024)).astype(np.float32)
+    rows = [batch[i] for i in range(64)] + [batch[3:9]]
+    data, shared, layout = dump_outputs(rows)
+    assert shared.numel() == batch.nbytes
+    for got, want in zip(load_outputs(data, shared, layout), rows, strict=True):
+        np.testing.assert_array_equal(got, want)
+    # A small view of a big array is copied alone.
+    data, shared, layout = dump_outputs([batch[:2]])
+    assert shared.numel() == batch[:2].nbytes
+
 
 @pytest.mark.parametrize("family", ["m3", "dense", "cross_encoder"])
 def test_fused_encoder_matches_transformers_on_packed_tokens(family, request, parity_texts, monkeypatch):

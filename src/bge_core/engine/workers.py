@@ -59,15 +59,41 @@ def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[t
     _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(outputs)
     if not arrays:
         return buffer.getvalue(), None, []
-    layout, offset = [], 0
+    # Views of one batch array (a row per text) are sent as that array, copied once.
+    roots: dict[int, tuple[np.ndarray, int]] = {}  # id(root) -> (root, bytes of views into it)
+    placed: list[tuple[np.ndarray, int]] = []  # (array to copy, or its root), byte offset into it
     for array in arrays:
-        offset = -(-offset // 64) * 64  # aligned, so every view is aligned for its dtype
-        layout.append((offset, array.dtype.str, array.shape))
-        offset += array.nbytes
+        root = array
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        inside = (root is not array and root.flags.c_contiguous and array.flags.c_contiguous
+                  and 0 <= array.ctypes.data - root.ctypes.data <= root.nbytes - array.nbytes)
+        if inside:
+            seen = roots.get(id(root), (root, 0))
+            roots[id(root)] = (root, seen[1] + array.nbytes)
+        placed.append((root if inside else array, array.ctypes.data - root.ctypes.data if inside else 0))
+    # A root is copied whole only when its views cover most of it.
+    whole = {key for key, (root, used) in roots.items() if 2 * used >= root.nbytes}
+    starts: dict[int, int] = {}
+    layout, offset = [], 0
+    copies: list[tuple[int, np.ndarray]] = []
+    for array, (source, within) in zip(arrays, placed):
+        if source is not array and id(source) in whole:
+            if id(source) not in starts:
+                offset = -(-offset // 64) * 64
+                starts[id(source)] = offset
+                copies.append((offset, source))
+                offset += source.nbytes
+            layout.append((starts[id(source)] + within, array.dtype.str, array.shape))
+        else:
+            offset = -(-offset // 64) * 64  # aligned, so every view is aligned for its dtype
+            layout.append((offset, array.dtype.str, array.shape))
+            copies.append((offset, array))
+            offset += array.nbytes
     shared = _shared_bytes(offset)
-    flat = shared.numpy()
-    for (start, _, _), array in zip(layout, arrays):
-        flat[start : start + array.nbytes] = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    for start, array in copies:  # torch copies release the GIL
+        source = torch.from_numpy(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        shared[start : start + array.nbytes].copy_(source)
     return buffer.getvalue(), shared, layout
 
 
@@ -107,6 +133,17 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
         results.put(("failed", worker, _portable(error)))
         return
     results.put(("ready", worker, None))
+    outbox: queue.Queue = queue.Queue(maxsize=4)
+
+    def send() -> None:
+        while True:
+            call, indices, counts, outputs = outbox.get()
+            try:
+                results.put(("out", worker, (call, indices, counts, *dump_outputs(outputs))))
+            except BaseException as error:  # noqa: BLE001 - e.g. an output that does not pickle
+                results.put(("error", worker, (call, _portable(error))))
+
+    threading.Thread(target=send, name="bge-send", daemon=True).start()
     failed: set[int] = set()
     message = jobs.get()
     while message is not None:
@@ -117,8 +154,8 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
         batches = _Batches(jobs, message)
 
         def deliver(indices: list[int], outputs: list[Any], call: int = call) -> None:
-            counts = (engine.forward_calls, engine.rows_forwarded)
-            results.put(("out", worker, (call, indices, counts, *dump_outputs(outputs))))
+            # Copying into shared memory happens on the sender thread, beside the next launches.
+            outbox.put((call, indices, (engine.forward_calls, engine.rows_forwarded), outputs))
 
         try:
             engine.drive(iter(batches), message[2], deliver, _NoBar())
