@@ -126,6 +126,9 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
     """
     from bge_core.loading import load_model
 
+    # Output buffers are handed over by name: passing file descriptors would need a round trip to
+    # this process's resource-sharer thread (and its GIL) for every batch.
+    torch.multiprocessing.set_sharing_strategy("file_system")
     try:
         engine = load_model(**load_kwargs, device=device).engine
         torch.set_grad_enabled(False)
