@@ -98,6 +98,23 @@ def test_device_pool_errors_reach_the_caller_and_workers_stay_usable(dense_path,
     np.testing.assert_allclose(pool.encode(parity_texts).dense, want, atol=1e-5)
 
 
+def test_device_pool_without_shared_memory_pipes_outputs(m3_path, parity_texts, monkeypatch):
+    """Where /dev/shm is small (containers), workers pickle outputs through the pipe instead."""
+    from bge_core.loading import clear_cache
+
+    monkeypatch.setenv("BGE_CORE_SHARED_MEMORY", "0")  # read by the workers when they start
+    clear_cache()
+    try:
+        got = Embedder(m3_path, device=["cpu", "cpu"], reuse_outputs=False, batch_tokens=64).encode(
+            parity_texts, sparse=True, colbert=True)
+    finally:
+        clear_cache()
+    want = Embedder(m3_path, device="cpu", reuse_outputs=False).encode(parity_texts, sparse=True, colbert=True)
+    np.testing.assert_allclose(got.dense, want.dense, atol=1e-5)
+    for a, b in zip(got.colbert_vectors, want.colbert_vectors, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_worker_outputs_round_trip_through_shared_memory():
     from bge_core.engine.workers import dump_outputs, load_outputs
 

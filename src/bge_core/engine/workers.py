@@ -17,6 +17,7 @@ import contextlib
 import io
 import itertools
 import logging
+import os
 import pickle
 import queue
 import threading
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Arrays at least this large travel in shared memory; smaller ones are pickled.
 SHARED_ARRAY_BYTES = 4096
+#: Set to "0" to send outputs through the pipe only (no shared memory).
+SHARED_MEMORY_ENV = "BGE_CORE_SHARED_MEMORY"
 #: Seconds allowed for a worker to start and load its model.
 START_TIMEOUT = 600.0
 
@@ -137,12 +140,17 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
         return
     results.put(("ready", worker, None))
     outbox: queue.Queue = queue.Queue(maxsize=4)
+    shared_memory = _shared_memory_is_ample()
 
     def send() -> None:
         while True:
             call, indices, counts, outputs = outbox.get()
             try:
-                results.put(("out", worker, (call, indices, counts, *dump_outputs(outputs))))
+                if shared_memory:
+                    payload = dump_outputs(outputs)
+                else:  # little shared memory: everything through the pipe
+                    payload = (pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL), None, [])
+                results.put(("out", worker, (call, indices, counts, *payload)))
             except BaseException as error:  # noqa: BLE001 - e.g. an output that does not pickle
                 results.put(("error", worker, (call, _portable(error))))
 
@@ -189,6 +197,18 @@ class _Batches:
                 self.following = message
                 return
             yield message[3], message[4]
+
+
+def _shared_memory_is_ample() -> bool:
+    """Whether /dev/shm can hold many batches' outputs. Containers often give it 64 MB, and a full
+    tmpfs kills its writer with SIGBUS; there outputs are pickled whole through the pipe instead."""
+    if os.environ.get(SHARED_MEMORY_ENV) == "0":
+        return False
+    try:
+        stats = os.statvfs("/dev/shm")
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize >= 2 << 30
 
 
 class _NoBar:
