@@ -1,5 +1,11 @@
-"""Exploration probe (one GPU): where a passages run spends its time, GPU-bound throughput of the
-backbone, and a packed encoder with fused QKV and compiled post-attention blocks."""
+"""Where the time goes, on one GPU (the figures behind BENCHMARKS.md's notes):
+
+    python bench/probe_gpu.py attn       # varlen attention kernels on a long-document and a passages batch
+    python bench/probe_gpu.py e2e        # end-to-end timings, plus GPU busy time and gaps from a profile
+    python bench/probe_gpu.py host       # where the calling thread's time goes in one call
+
+Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads as W  # noqa: E402
@@ -70,44 +75,6 @@ def profiled(name, fn):
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     top = sorted(events, key=lambda e: -e.self_device_time_total)[:14]
     say(f"top {name}", [(round(e.self_device_time_total / 1e3, 1), e.count, e.key[:80]) for e in top])
-
-
-class PackedEncoder:
-    """BERT / XLM-R encoder on packed tokens: fused QKV GEMM, varlen flash attention, and the
-    post-attention block (out-proj, residual, LayerNorm, FFN, residual, LayerNorm) optionally compiled."""
-
-    def __init__(self, model, compile_mode=None):
-        self.model = model
-        c = model.config
-        self.heads, self.eps = c.num_attention_heads, c.layer_norm_eps
-        self.params = []
-        for layer in model.encoder.layer:
-            sa, ao = layer.attention.self, layer.attention.output
-            wqkv = torch.cat([sa.query.weight, sa.key.weight, sa.value.weight], 0)
-            bqkv = torch.cat([sa.query.bias, sa.key.bias, sa.value.bias], 0)
-            self.params.append((wqkv, bqkv, ao.dense.weight, ao.dense.bias, ao.LayerNorm.weight, ao.LayerNorm.bias,
-                                layer.intermediate.dense.weight, layer.intermediate.dense.bias,
-                                layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm.weight,
-                                layer.output.LayerNorm.bias))
-        self.post = _post if compile_mode is None else torch.compile(_post, dynamic=True, mode=compile_mode)
-
-    def __call__(self, batch):
-        x = self.model.embeddings(input_ids=batch.input_ids, position_ids=batch.position_ids)[0]
-        T, d = x.shape
-        for p in self.params:
-            qkv = F.linear(x, p[0], p[1]).view(T, 3, self.heads, d // self.heads)
-            q, k, v = qkv.unbind(1)
-            o = torch.ops.aten._flash_attention_forward(q, k, v, batch.cu_seqlens, batch.cu_seqlens, batch.max_length,
-                                                        batch.max_length, 0.0, False, False)[0]
-            x = self.post(o.reshape(T, d), x, *p[2:], self.eps)
-        return x
-
-
-def _post(o, x, wo, bo, g1, b1, wi, bi, w2, b2, g2, bb2, eps: float):
-    d = x.shape[-1]
-    h = F.layer_norm(F.linear(o, wo, bo) + x, (d,), g1, b1, eps)
-    y = F.linear(F.gelu(F.linear(h, wi, bi)), w2, b2)
-    return F.layer_norm(y + h, (d,), g2, bb2, eps)
 
 
 def attention_kernels():
