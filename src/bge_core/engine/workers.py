@@ -14,7 +14,6 @@ multi-device model must guard its entry point with ``if __name__ == "__main__":`
 from __future__ import annotations
 
 import contextlib
-import io
 import itertools
 import logging
 import os
@@ -41,8 +40,12 @@ SHARED_MEMORY_ENV = "BGE_CORE_SHARED_MEMORY"
 START_TIMEOUT = 600.0
 
 
-def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[tuple[int, str, tuple[int, ...]]]]:
-    """Pickle `outputs`, moving every large numpy array into one shared-memory buffer.
+def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[tuple[int, int]]]:
+    """Pickle `outputs`, moving the data of every large numpy array into one shared-memory buffer.
+
+    Arrays go out of band (pickle protocol 5): only they reach Python code here, not each of the
+    many keys and weights of the lexical dicts. Returns the pickle, the buffer and each array's
+    (offset, size) in it.
 
     Example:
         >>> data, shared, layout = dump_outputs([np.zeros(4096, dtype=np.float32)])
@@ -51,17 +54,16 @@ def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[t
     """
     arrays: list[np.ndarray] = []
 
-    class _Pickler(pickle.Pickler):
-        def persistent_id(self, obj: Any) -> int | None:
-            if type(obj) is np.ndarray and obj.dtype != object and obj.nbytes >= SHARED_ARRAY_BYTES:
-                arrays.append(obj)
-                return len(arrays) - 1
-            return None
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        array = buffer.raw().obj
+        if not isinstance(array, np.ndarray) or array.nbytes < SHARED_ARRAY_BYTES:
+            return True  # stays in the pickle
+        arrays.append(array)
+        return False
 
-    buffer = io.BytesIO()
-    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(outputs)
+    data = pickle.dumps(outputs, protocol=5, buffer_callback=out_of_band)
     if not arrays:
-        return buffer.getvalue(), None, []
+        return data, None, []
     # Views of one batch array (a row per text) are sent as that array, copied once.
     roots: dict[int, tuple[np.ndarray, int]] = {}  # id(root) -> (root, bytes of views into it)
     placed: list[tuple[np.ndarray, int]] = []  # (array to copy, or its root), byte offset into it
@@ -87,17 +89,17 @@ def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[t
                 starts[id(source)] = offset
                 copies.append((offset, source))
                 offset += source.nbytes
-            layout.append((starts[id(source)] + within, array.dtype.str, array.shape))
+            layout.append((starts[id(source)] + within, array.nbytes))
         else:
             offset = -(-offset // 64) * 64  # aligned, so every view is aligned for its dtype
-            layout.append((offset, array.dtype.str, array.shape))
+            layout.append((offset, array.nbytes))
             copies.append((offset, array))
             offset += array.nbytes
     shared = _shared_bytes(offset)
     for start, array in copies:  # torch copies release the GIL
         source = torch.from_numpy(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         shared[start : start + array.nbytes].copy_(source)
-    return buffer.getvalue(), shared, layout
+    return data, shared, layout
 
 
 def _shared_bytes(size: int) -> torch.Tensor:
@@ -108,17 +110,12 @@ def _shared_bytes(size: int) -> torch.Tensor:
         return torch.empty(size, dtype=torch.uint8).share_memory_()
 
 
-def load_outputs(data: bytes, shared: torch.Tensor | None, layout: list[tuple[int, str, tuple[int, ...]]]) -> list[Any]:
+def load_outputs(data: bytes, shared: torch.Tensor | None, layout: list[tuple[int, int]]) -> list[Any]:
     """Inverse of `dump_outputs`; arrays are views of the shared buffer (kept alive by them)."""
-    flat = shared.numpy() if shared is not None else None
-
-    class _Unpickler(pickle.Unpickler):
-        def persistent_load(self, pid: int) -> np.ndarray:
-            start, dtype, shape = layout[pid]
-            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            return flat[start : start + size].view(np.dtype(dtype)).reshape(shape)
-
-    return _Unpickler(io.BytesIO(data)).load()
+    if shared is None:
+        return pickle.loads(data)
+    flat = shared.numpy()
+    return pickle.loads(data, buffers=[flat[start : start + size] for start, size in layout])
 
 
 def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: Any, results: Any) -> None:
