@@ -140,8 +140,8 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
     shared_memory = _shared_memory_is_ample()
 
     def send() -> None:
-        while True:
-            call, indices, counts, outputs = outbox.get()
+        while (item := outbox.get()) is not None:
+            call, indices, counts, outputs = item
             try:
                 if shared_memory:
                     payload = dump_outputs(outputs)
@@ -151,7 +151,8 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
             except BaseException as error:  # noqa: BLE001 - e.g. an output that does not pickle
                 results.put(("error", worker, (call, _portable(error))))
 
-    threading.Thread(target=send, name="bge-send", daemon=True).start()
+    sender = threading.Thread(target=send, name="bge-send", daemon=True)
+    sender.start()
     failed: set[int] = set()
     message = jobs.get()
     while message is not None:
@@ -171,6 +172,8 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
             failed.add(call)
             results.put(("error", worker, (call, _portable(error))))
         message = batches.following if batches.following is not _NOTHING else jobs.get()
+    outbox.put(None)  # shut down: send what is done, then stop the sender
+    sender.join(timeout=30)
 
 
 _NOTHING = object()
