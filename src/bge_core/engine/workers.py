@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import pickle
 import queue
@@ -29,8 +28,6 @@ import torch
 from tqdm.auto import tqdm
 
 from bge_core.families.base import Family, TokenizedItem
-
-log = logging.getLogger(__name__)
 
 #: Arrays at least this large travel in shared memory; smaller ones are pickled.
 SHARED_ARRAY_BYTES = 4096
