@@ -263,7 +263,7 @@ def _load_on_devices(name_or_path: str, devices: list[Any], **kwargs: Any) -> Lo
     key = (scheduler.path, scheduler.spec.family, tuple(map(str, torch_devices)), str(torch_dtype), packed)
     with _CACHE_LOCK:
         loaded = _POOLS.get(key)
-        if loaded is None:
+        if loaded is None or loaded.engine.closed:  # never loaded, or a worker died: start afresh
             load_kwargs = dict(name_or_path=scheduler.path, dtype=torch_dtype, family=scheduler.spec.family,
                                packed=packed)
             budget = DEFAULT_TOKEN_BUDGET.get(torch_devices[0].type, 16384)

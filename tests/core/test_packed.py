@@ -98,6 +98,21 @@ def test_device_pool_errors_reach_the_caller_and_workers_stay_usable(dense_path,
     np.testing.assert_allclose(pool.encode(parity_texts).dense, want, atol=1e-5)
 
 
+def test_a_dead_worker_is_an_error_and_loading_again_starts_fresh(dense_path, parity_texts):
+    pool = Embedder(dense_path, device=["cpu", "cpu"], batch_tokens=64)
+    engine = pool.loaded.engine
+    engine._processes[1].kill()
+    engine._processes[1].join()
+    with pytest.raises(RuntimeError, match="exited"):
+        pool.encode(parity_texts * 4)
+    with pytest.raises(RuntimeError, match="load the model again"):
+        pool.encode(parity_texts)
+    again = Embedder(dense_path, device=["cpu", "cpu"], batch_tokens=64)
+    assert again.loaded.engine is not engine
+    want = Embedder(dense_path, device="cpu").encode(parity_texts).dense
+    np.testing.assert_allclose(again.encode(parity_texts).dense, want, atol=1e-5)
+
+
 def test_device_pool_without_shared_memory_pipes_outputs(m3_path, parity_texts, monkeypatch):
     """Where /dev/shm is small (containers), workers pickle outputs through the pipe instead."""
     from bge_core.loading import clear_cache

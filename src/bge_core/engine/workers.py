@@ -242,6 +242,7 @@ class ProcessDevicePool:
         self.token_budget = token_budget
         self.forward_calls = 0
         self.rows_forwarded = 0
+        self.closed = False
         self.rows_by_worker = [0] * len(self.devices)  # rows each device's worker has run
         self._counts = [(0, 0)] * len(self.devices)
         self._lock = threading.Lock()
@@ -287,6 +288,9 @@ class ProcessDevicePool:
         if not items:
             return []
         with self._lock:
+            if self.closed:
+                raise RuntimeError(f"the workers for {', '.join(self.devices)} have stopped; load the model again")
+            self._check_alive()
             return self._run(items, max_length, options, truncate, token_budget or self.token_budget, show_progress)
 
     def _run(self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int,
@@ -373,6 +377,9 @@ class ProcessDevicePool:
 
     def close(self) -> None:
         """Stop the workers (also done at interpreter exit: they are daemons)."""
+        if self.closed:
+            return
+        self.closed = True
         for _ in self._processes:
             with contextlib.suppress(Exception):
                 self._jobs.put_nowait(None)
