@@ -240,11 +240,8 @@ class ProcessDevicePool:
         self.device = torch.device(self.devices[0])
         self.packed = packed
         self.token_budget = token_budget
-        self.forward_calls = 0
-        self.rows_forwarded = 0
         self.closed = False
-        self.rows_by_worker = [0] * len(self.devices)  # rows each device's worker has run
-        self._counts = [(0, 0)] * len(self.devices)
+        self._counts = [(0, 0)] * len(self.devices)  # (batches, rows) each worker has run, as it last said
         self._lock = threading.Lock()
         self._calls = itertools.count(1)
         context = torch.multiprocessing.get_context("spawn")
@@ -270,6 +267,19 @@ class ProcessDevicePool:
     @property
     def family(self) -> Family:
         return self.scheduler.family
+
+    @property
+    def forward_calls(self) -> int:
+        return sum(calls for calls, _ in self._counts)
+
+    @property
+    def rows_forwarded(self) -> int:
+        return sum(rows for _, rows in self._counts)
+
+    @property
+    def rows_by_worker(self) -> list[int]:
+        """Rows each device's worker has run."""
+        return [rows for _, rows in self._counts]
 
     def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
         return self.scheduler.tokenize(items, max_length, options)
@@ -330,10 +340,6 @@ class ProcessDevicePool:
                     results[index] = output
                 remaining -= len(indices)
                 bar.update(len(indices))
-                before = self._counts[worker]
-                self.forward_calls += calls - before[0]
-                self.rows_forwarded += rows - before[1]
-                self.rows_by_worker[worker] += rows - before[1]
                 self._counts[worker] = (calls, rows)
         feeder.join()
         if failure:
