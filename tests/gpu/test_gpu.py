@@ -184,7 +184,7 @@ def test_llm_rerankers_half_precision(tmp_path, parity_texts, kind):
 def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_texts, dtype):
     """On CUDA, BERT / XLM-R backbones run the fused, compiled encoder; its token states match the
     transformers backbone on the same packed batch."""
-    from bge_core.models.encoder import FusedEncoder, _shared_post_attention
+    from bge_core.models.encoder import POST_ATTENTION, FusedEncoder
 
     for name in ("m3", "dense", "ce"):
         model = Reranker(gpu_checkpoints[name], device="cuda", dtype=dtype) if name == "ce" else \
@@ -198,5 +198,5 @@ def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_tex
             transformers_path = engine.family.backbone_module()(**batch.backbone_kwargs())
             reference = transformers_path.last_hidden_state[0].float().cpu().numpy()
         assert row_cosines(fused, reference).min() >= 0.999
-    post = _shared_post_attention()
-    assert post.compiled is not None and not post.failed  # the compiled function ran, no eager fallback
+    # The compiled function ran, with no eager fallback.
+    assert POST_ATTENTION.compiled is not None and not POST_ATTENTION.failed

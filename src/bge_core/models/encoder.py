@@ -67,14 +67,7 @@ class _Compiled:
 
 
 # One compiled function serves every layer and every model: weights are arguments, not constants.
-_POST_ATTENTION = None
-
-
-def _shared_post_attention() -> _Compiled:
-    global _POST_ATTENTION
-    if _POST_ATTENTION is None:
-        _POST_ATTENTION = _Compiled(_post_attention)
-    return _POST_ATTENTION
+POST_ATTENTION = _Compiled(_post_attention)
 
 
 class FusedEncoder:
@@ -91,7 +84,7 @@ class FusedEncoder:
         self.embeddings = model.embeddings
         self.heads = int(config.num_attention_heads)
         self.eps = float(config.layer_norm_eps)
-        self.post = _shared_post_attention()
+        self.post = POST_ATTENTION
         self.layers = []
         for layer in model.encoder.layer:
             attn, out = layer.attention.self, layer.attention.output
