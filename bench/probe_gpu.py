@@ -99,6 +99,38 @@ def attention_kernels():
             "efficient": lambda: torch.ops.aten._efficient_attention_forward(
                 q[None], k[None], v[None], None, cu, cu, longest, longest, 0.0, 0, False)[0][0],
         }
+        bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+
+        def per_sequence(backend):
+            from torch.nn.attention import sdpa_kernel
+
+            def fn():
+                out = torch.empty_like(q)
+                with sdpa_kernel(backend):
+                    for s, e in bounds:
+                        qs, ks, vs = (x[s:e].transpose(0, 1)[None] for x in (q, k, v))
+                        out[s:e] = F.scaled_dot_product_attention(qs, ks, vs)[0].transpose(0, 1)
+                return out
+            return fn
+
+        if name == "long":
+            import torch.nn.functional as F
+            from torch.nn.attention import SDPBackend
+
+            kernels["cudnn per sequence"] = per_sequence(SDPBackend.CUDNN_ATTENTION)
+            kernels["flash per sequence"] = per_sequence(SDPBackend.FLASH_ATTENTION)
+            for backend in (SDPBackend.CUDNN_ATTENTION,):  # cost of a length seen for the first time
+                fresh = []
+                for n in (1001, 2002, 3003):
+                    x = torch.randn(1, 16, n, 64, device="cuda", dtype=torch.bfloat16)
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                    from torch.nn.attention import sdpa_kernel
+                    with sdpa_kernel(backend):
+                        F.scaled_dot_product_attention(x, x, x)
+                    torch.cuda.synchronize()
+                    fresh.append(round((time.perf_counter() - t) * 1e3, 2))
+                say(f"attn first call ms {backend.name}", fresh)
         for kname, fn in kernels.items():
             try:
                 out = fn()
@@ -115,6 +147,72 @@ def attention_kernels():
                 say(f"attn {name} {kname}", dict(ms=ms, tflops=flops / ms / 1e9, max_diff=diff, tokens=total))
             except Exception as error:  # noqa: BLE001
                 say(f"attn {name} {kname} failed", repr(error)[:300])
+
+
+def cudnn_buckets():
+    """cuDNN attention on long sequences padded to a multiple of 256 (one plan per bucket, not per
+    length): with a key mask, and with zero keys whose share is taken out again via the log-sum-exp."""
+    import random
+
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rng = random.Random(0)
+    lengths = [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)]
+    flops = sum(4 * n * n * 64 * 16 for n in lengths)
+    total = sum(lengths)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(total, 16, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    ref = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max(lengths), max(lengths), 0.0, False, False)[0]
+    bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+
+    def padded(x, s, e, width):
+        out = x.new_zeros(1, 16, width, 64)
+        out[0, :, : e - s] = x[s:e].transpose(0, 1)
+        return out
+
+    def masked():
+        out = torch.empty_like(q)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            for s, e in bounds:
+                width = -(-(e - s) // 256) * 256
+                mask = torch.zeros(1, 1, 1, width, device="cuda", dtype=torch.bfloat16)
+                mask[..., e - s:] = float("-inf")
+                qs, ks, vs = (padded(x, s, e, width) for x in (q, k, v))
+                o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask.expand(1, 16, width, width))
+                out[s:e] = o[0, :, : e - s].transpose(0, 1)
+        return out
+
+    def corrected():
+        out = torch.empty_like(q)
+        for s, e in bounds:
+            n = e - s
+            width = -(-n // 256) * 256
+            qs, ks, vs = (padded(x, s, e, width) for x in (q, k, v))
+            o, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(qs, ks, vs, None, True, 0.0, False, False)[:2]
+            pad = width - n
+            # zero keys add exp(0) each to the softmax sum: sum_real = exp(lse) - pad
+            factor = 1.0 / (1.0 - pad * torch.exp(-lse[0, :, :n].float()))  # [H, n]
+            out[s:e] = (o[0, :, :n].float() * factor[..., None]).transpose(0, 1).to(q.dtype)
+        return out
+
+    for name, fn in (("masked", masked), ("corrected", corrected)):
+        try:
+            t = time.perf_counter()
+            got = fn()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t
+            diff = (got.float() - ref.float()).abs().max().item()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            ms = start.elapsed_time(end) / 10
+            say(f"cudnn bucketed {name}", dict(ms=ms, tflops=flops / ms / 1e9, max_diff=diff, first_s=first))
+        except Exception as error:  # noqa: BLE001
+            say(f"cudnn bucketed {name} failed", repr(error)[:300])
 
 
 def end_to_end():
@@ -232,6 +330,8 @@ def main():
     parts = sys.argv[1].split(",") if len(sys.argv) > 1 else ["attn", "e2e"]
     if "attn" in parts:
         attention_kernels()
+    if "cudnn" in parts:
+        cudnn_buckets()
     if "e2e" in parts:
         end_to_end()
     if "host" in parts:

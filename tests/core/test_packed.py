@@ -130,28 +130,58 @@ def test_device_pool_without_shared_memory_pipes_outputs(m3_path, parity_texts, 
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_worker_outputs_round_trip_through_shared_memory():
-    from bge_core.engine.workers import dump_outputs, load_outputs
+def test_worker_outputs_round_trip_through_the_shared_memory_ring():
+    import multiprocessing
+    import threading
 
-    outputs = [{"dense": np.arange(2048, dtype=np.float32), "weights": {5: 0.25}, "small": np.ones(3)},
-               np.arange(4096, dtype=np.float16).reshape(64, 64), None]
-    data, shared, layout = dump_outputs(outputs)
-    assert shared is not None and len(layout) == 2  # the two large arrays; the small one is pickled
-    back = load_outputs(data, shared, layout)
-    np.testing.assert_array_equal(back[0]["dense"], outputs[0]["dense"])
-    np.testing.assert_array_equal(back[1], outputs[1])
-    assert back[1].dtype == np.float16 and back[0]["weights"] == {5: 0.25} and back[2] is None
+    from bge_core.engine.transfer import OutputRing, RingReader, pickled, read_message
 
-    # Rows of one batch array (as heads return them) travel as that array, copied once.
-    batch = np.random.default_rng(0).standard_normal((64, 1024)).astype(np.float32)
-    rows = [batch[i] for i in range(64)] + [batch[3:9]]
-    data, shared, layout = dump_outputs(rows)
-    assert shared.numel() == batch.nbytes
-    for got, want in zip(load_outputs(data, shared, layout), rows, strict=True):
-        np.testing.assert_array_equal(got, want)
-    # A small view of a big array is copied alone.
-    data, shared, layout = dump_outputs([batch[:2]])
-    assert shared.numel() == batch[:2].nbytes
+    released = multiprocessing.get_context("spawn").RawValue("Q", 0)
+    ring = OutputRing.create(1 << 20, released)
+    reader = RingReader(ring.name, ring.size, released)
+    try:
+        outputs = [{"dense": np.arange(2048, dtype=np.float32), "weights": {5: 0.25}, "small": np.ones(3)},
+                   np.arange(4096, dtype=np.float16).reshape(64, 64), None]
+        message = ring.write(outputs)
+        assert message[0] == "ring" and len(message[2]) == 2  # the two large arrays; the small one is pickled
+        back = reader.read(message)
+        np.testing.assert_array_equal(back[0]["dense"], outputs[0]["dense"])
+        np.testing.assert_array_equal(back[1], outputs[1])
+        assert back[1].dtype == np.float16 and back[0]["weights"] == {5: 0.25} and back[2] is None
+
+        # Rows of one batch array (as heads return them) travel as that array, copied once.
+        batch = np.random.default_rng(0).standard_normal((64, 1024)).astype(np.float32)
+        rows = [batch[i] for i in range(64)] + [batch[3:9]]
+        message = ring.write(rows)
+        assert [size for _, size in message[2]] == [batch.nbytes]
+        for got, want in zip(reader.read(message), rows, strict=True):
+            np.testing.assert_array_equal(got, want)
+        # A small view of a big array is copied alone.
+        message = ring.write([batch[:2]])
+        assert [size for _, size in message[2]] == [batch[:2].nbytes]
+        np.testing.assert_array_equal(reader.read(message)[0], batch[:2])
+
+        # The ring wraps around (a batch is never split at its end), and a full ring waits until
+        # the reader has copied older batches out.
+        pending = [ring.write([batch]) for _ in range(3)]
+        assert pending[2][2][0][0] == 0 and pending[1][2][0][0] > 0
+        later: list = []
+        writer = threading.Thread(target=lambda: later.append(ring.write([batch * 2])))
+        writer.start()
+        writer.join(timeout=0.3)
+        assert writer.is_alive()  # no room until the reader copies out
+        for message in pending:
+            np.testing.assert_array_equal(reader.read(message)[0], batch)
+        writer.join(timeout=5)
+        np.testing.assert_array_equal(reader.read(later[0])[0], batch * 2)
+
+        # Outputs larger than half the ring are pickled whole.
+        big = np.zeros((200, 1024), dtype=np.float32)
+        assert ring.write([big])[0] == "pickle" == pickled([big])[0]
+        np.testing.assert_array_equal(read_message(ring.write([big]), None)[0], big)
+    finally:
+        ring.unlink()
+        reader.close()
 
 
 @pytest.mark.parametrize("family", ["m3", "dense", "cross_encoder"])

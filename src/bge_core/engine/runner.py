@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -146,18 +147,35 @@ class Engine:
             rows = list(enumerate(self.tokenize(items, max_length, options)))
             yield from self._batches_of(rows, max_length, truncate, budget, hold=False)
             return
+        yield from self.chunk_batches(iter(spans), max_length, options, budget, ahead=2)
+
+    def chunk_batches(self, chunks: Iterator[tuple[int, list[Any]]], max_length: int, options: dict[str, Any],
+                      budget: int, ahead: int) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+        """Batches of a stream of (index of the first item, items) chunks, with truncation on.
+
+        Up to `ahead` chunks are tokenized in a background thread while the device works. A chunk's
+        last batch, if under half full, waits to be topped up by the next chunk (not the first
+        chunk's: the device should start at once; not when no next chunk is known yet).
+        """
         with ThreadPoolExecutor(max_workers=1) as pool:
-            futures = [pool.submit(self.tokenize, part, max_length, options) for _, part in spans[:2]]
-            # A chunk's last batch, if under half full, waits to be topped up by the next chunk (not
-            # the first chunk's: the device should start at once).
+            queued: collections.deque = collections.deque()
+
+            def take() -> None:
+                chunk = next(chunks, None)
+                if chunk is not None:
+                    queued.append((chunk[0], pool.submit(self.tokenize, chunk[1], max_length, options)))
+
+            for _ in range(ahead):
+                take()
             held: list[tuple[int, TokenizedItem]] = []
-            for k, (start, _) in enumerate(spans):
-                tokenized = futures[k].result()
-                if k + 2 < len(spans):
-                    futures.append(pool.submit(self.tokenize, spans[k + 2][1], max_length, options))
+            first = True
+            while queued:
+                start, future = queued.popleft()
+                tokenized = future.result()
+                take()
                 rows = [*held, *enumerate(tokenized, start)]
-                hold = 0 < k < len(spans) - 1
-                held = yield from self._batches_of(rows, max_length, truncate, budget, hold=hold)
+                held = yield from self._batches_of(rows, max_length, True, budget, hold=not first and bool(queued))
+                first = False
 
     def _batches_of(self, rows: list[tuple[int, TokenizedItem]], max_length: int, truncate: bool, budget: int,
                     hold: bool) -> Iterator[tuple[list[int], list[TokenizedItem]]]:

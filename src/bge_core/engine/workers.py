@@ -2,10 +2,10 @@
 
 Threads cannot feed several GPUs: launching kernels, packing batches and building outputs all hold
 the one GIL, so two GPUs in one process reach ~1.4× one (bench/). Here each device has its own
-process with its own engine, and the calling process only tokenizes, forms batches and collects
-outputs. Batches go to whichever worker takes the next one from a shared queue, so work is split by
-tokens, not by item counts. Output arrays travel in shared memory (one segment per batch); the rest
-of an output (dicts, scalars) is pickled.
+process with its own engine that tokenizes, batches and runs the chunks of input it takes from a
+shared queue; the calling process only cuts the input into chunks (by characters, smaller towards
+the end so the devices finish together) and collects outputs. Output arrays travel through each
+worker's ring of shared memory (`bge_core.engine.transfer`); the rest of an output is pickled.
 
 Workers are started with the "spawn" method (CUDA cannot be forked), so a script that creates a
 multi-device model must guard its entry point with ``if __name__ == "__main__":``.
@@ -23,167 +23,107 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from bge_core.engine.runner import CHUNK, FIRST_CHUNK_CHARS, _chars, _check_lengths
+from bge_core.engine.transfer import RING_BYTES, OutputRing, RingReader, pickled, read_message
 from bge_core.families.base import Family, TokenizedItem
 
-#: Arrays at least this large travel in shared memory; smaller ones are pickled.
-SHARED_ARRAY_BYTES = 4096
 #: Set to "0" to send outputs through the pipe only (no shared memory).
 SHARED_MEMORY_ENV = "BGE_CORE_SHARED_MEMORY"
 #: Seconds allowed for a worker to start and load its model.
 START_TIMEOUT = 600.0
+#: Characters in the largest chunk of input a worker takes at a time (~150k tokens of text).
+MAX_SHARE_CHARS = 1 << 20
 
 
-def dump_outputs(outputs: list[Any]) -> tuple[bytes, torch.Tensor | None, list[tuple[int, int]]]:
-    """Pickle `outputs`, moving the data of every large numpy array into one shared-memory buffer.
-
-    Arrays go out of band (pickle protocol 5): only they reach Python code here, not each of the
-    many keys and weights of the lexical dicts. Returns the pickle, the buffer and each array's
-    (offset, size) in it.
-
-    Example:
-        >>> data, shared, layout = dump_outputs([np.zeros(4096, dtype=np.float32)])
-        >>> load_outputs(data, shared, layout)[0].shape
-        (4096,)
-    """
-    arrays: list[np.ndarray] = []
-
-    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        array = buffer.raw().obj
-        if not isinstance(array, np.ndarray) or array.nbytes < SHARED_ARRAY_BYTES:
-            return True  # stays in the pickle
-        arrays.append(array)
-        return False
-
-    data = pickle.dumps(outputs, protocol=5, buffer_callback=out_of_band)
-    if not arrays:
-        return data, None, []
-    # Views of one batch array (a row per text) are sent as that array, copied once.
-    roots: dict[int, tuple[np.ndarray, int]] = {}  # id(root) -> (root, bytes of views into it)
-    placed: list[tuple[np.ndarray, int]] = []  # (array to copy, or its root), byte offset into it
-    for array in arrays:
-        root = array
-        while isinstance(root.base, np.ndarray):
-            root = root.base
-        inside = (root is not array and root.flags.c_contiguous and array.flags.c_contiguous
-                  and 0 <= array.ctypes.data - root.ctypes.data <= root.nbytes - array.nbytes)
-        if inside:
-            seen = roots.get(id(root), (root, 0))
-            roots[id(root)] = (root, seen[1] + array.nbytes)
-        placed.append((root if inside else array, array.ctypes.data - root.ctypes.data if inside else 0))
-    # A root is copied whole only when its views cover most of it.
-    whole = {key for key, (root, used) in roots.items() if 2 * used >= root.nbytes}
-    starts: dict[int, int] = {}
-    layout, offset = [], 0
-    copies: list[tuple[int, np.ndarray]] = []
-    for array, (source, within) in zip(arrays, placed):
-        if source is not array and id(source) in whole:
-            if id(source) not in starts:
-                offset = -(-offset // 64) * 64
-                starts[id(source)] = offset
-                copies.append((offset, source))
-                offset += source.nbytes
-            layout.append((starts[id(source)] + within, array.nbytes))
-        else:
-            offset = -(-offset // 64) * 64  # aligned, so every view is aligned for its dtype
-            layout.append((offset, array.nbytes))
-            copies.append((offset, array))
-            offset += array.nbytes
-    shared = _shared_bytes(offset)
-    for start, array in copies:  # torch copies release the GIL
-        source = torch.from_numpy(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-        shared[start : start + array.nbytes].copy_(source)
-    return data, shared, layout
+def _shares(items: list[Any], workers: int) -> list[tuple[int, list[Any]]]:
+    """(start, items) chunks for `workers` workers: one small chunk each to start at once, then
+    about a quarter of what is left per worker, capped, so the last chunks are small."""
+    spans, start = [], 0
+    remaining = sum(_chars(item) for item in items)
+    while start < len(items):
+        target = FIRST_CHUNK_CHARS if len(spans) < workers else min(
+            MAX_SHARE_CHARS, max(FIRST_CHUNK_CHARS, remaining // (4 * workers)))
+        end, chars = start, 0
+        while end < len(items) and end - start < CHUNK and (end == start or chars < target):
+            chars += _chars(items[end])
+            end += 1
+        spans.append((start, items[start:end]))
+        start, remaining = end, remaining - chars
+    return spans
 
 
-def _shared_bytes(size: int) -> torch.Tensor:
-    """An uninitialised uint8 tensor in shared memory (allocated there, not copied there)."""
-    try:
-        return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(size))
-    except (AttributeError, RuntimeError):  # a torch without the private constructor
-        return torch.empty(size, dtype=torch.uint8).share_memory_()
+def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: Any, results: Any,
+                 released: Any) -> None:
+    """A worker process: load the model on `device`, then tokenize, batch and run every chunk of
+    input taken from `jobs`.
 
-
-def load_outputs(data: bytes, shared: torch.Tensor | None, layout: list[tuple[int, int]]) -> list[Any]:
-    """Inverse of `dump_outputs`; arrays are views of the shared buffer (kept alive by them)."""
-    if shared is None:
-        return pickle.loads(data)
-    flat = shared.numpy()
-    return pickle.loads(data, buffers=[flat[start : start + size] for start, size in layout])
-
-
-def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: Any, results: Any) -> None:
-    """A worker process: load the model on `device`, then run every batch taken from `jobs`.
-
-    Consecutive batches of one call run as one stream (two queued on the device while the host
-    finishes the previous one); the stream ends when the queue is momentarily empty.
+    Consecutive chunks of one call run as one stream (the next chunk tokenized while the device
+    works, two batches queued on it while the host finishes the previous one); the stream ends when
+    the queue is momentarily empty.
     """
     from bge_core.loading import load_model
 
-    # Output buffers are handed over by name: passing file descriptors would need a round trip to
-    # this process's resource-sharer thread (and its GIL) for every batch.
-    torch.multiprocessing.set_sharing_strategy("file_system")
     try:
         engine = load_model(**load_kwargs, device=device).engine
         torch.set_grad_enabled(False)
+        ring = OutputRing.create(RING_BYTES, released) if _shared_memory_is_ample() else None
     except BaseException as error:  # noqa: BLE001 - reported to the caller, which raises it
         results.put(("failed", worker, _portable(error)))
         return
-    results.put(("ready", worker, None))
+    results.put(("ready", worker, None if ring is None else (ring.name, ring.size)))
     outbox: queue.Queue = queue.Queue(maxsize=4)
-    shared_memory = _shared_memory_is_ample()
 
     def send() -> None:
         while (item := outbox.get()) is not None:
             call, indices, counts, outputs = item
             try:
-                if shared_memory:
-                    payload = dump_outputs(outputs)
-                else:  # little shared memory: everything through the pipe
-                    payload = (pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL), None, [])
-                results.put(("out", worker, (call, indices, counts, *payload)))
+                message = pickled(outputs) if ring is None else ring.write(outputs)
+                results.put(("out", worker, (call, indices, counts, message)))
             except BaseException as error:  # noqa: BLE001 - e.g. an output that does not pickle
                 results.put(("error", worker, (call, _portable(error))))
 
+    # Copying outputs out happens on the sender thread, beside the next launches.
     sender = threading.Thread(target=send, name="bge-send", daemon=True)
     sender.start()
     failed: set[int] = set()
     message = jobs.get()
     while message is not None:
-        call = message[1]
+        call, (max_length, options, budget) = message[1], message[2]
         if call in failed:  # the rest of a call that already failed here
             message = jobs.get()
             continue
-        batches = _Batches(jobs, message)
+        chunks = _Chunks(jobs, message)
 
         def deliver(indices: list[int], outputs: list[Any], call: int = call) -> None:
-            # Copying into shared memory happens on the sender thread, beside the next launches.
             outbox.put((call, indices, (engine.forward_calls, engine.rows_forwarded), outputs))
 
         try:
-            engine.drive(iter(batches), message[2], deliver, _NoBar())
+            stream = engine.chunk_batches(iter(chunks), max_length, options, budget, ahead=1)
+            engine.drive(stream, options, deliver, _NoBar())
         except BaseException as error:  # noqa: BLE001 - sent back to the caller
             failed.add(call)
             results.put(("error", worker, (call, _portable(error))))
-        message = batches.following if batches.following is not _NOTHING else jobs.get()
+        message = chunks.following if chunks.following is not _NOTHING else jobs.get()
     outbox.put(None)  # shut down: send what is done, then stop the sender
     sender.join(timeout=30)
+    if ring is not None:
+        ring.unlink()
 
 
 _NOTHING = object()
 
 
-class _Batches:
-    """Consecutive batches of one call, for as long as the queue has them ready; `following` is
-    the message that ended the run (another call's batch, or None to shut down)."""
+class _Chunks:
+    """Consecutive input chunks of one call, (start, items), for as long as the queue has them
+    ready; `following` is the message that ended the run (another call's chunk, or None to shut down)."""
 
     def __init__(self, jobs: Any, first: tuple) -> None:
         self.jobs, self.first, self.following = jobs, first, _NOTHING
 
-    def __iter__(self) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+    def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
         yield self.first[3], self.first[4]
         while True:
             try:
@@ -225,8 +165,8 @@ def _portable(error: BaseException) -> BaseException:
 class ProcessDevicePool:
     """Persistent worker processes, one per device; `run` spreads a call's batches over all of them.
 
-    `scheduler` is an engine loaded in this process (on the CPU) that only tokenizes and forms the
-    batches, exactly as the workers' engines would; it never runs the model.
+    `scheduler` is an engine loaded in this process (on the CPU) that never runs the model: it
+    checks lengths when truncation is off and answers `tokenize`; the workers tokenize their chunks.
 
     Example:
         >>> pool = ProcessDevicePool(scheduler, dict(name_or_path=path, dtype="bf16"), ["cuda:0", "cuda:1"])
@@ -249,20 +189,25 @@ class ProcessDevicePool:
         self._results = context.Queue()
         # At exit, unsent jobs are dropped instead of blocking the interpreter's shutdown.
         self._jobs.cancel_join_thread()
+        self._released = [context.RawValue("Q", 0) for _ in self.devices]  # each worker's ring, copied out
+        self._readers: list[RingReader | None] = [None] * len(self.devices)
         self._processes = [
-            context.Process(target=_worker_main, args=(load_kwargs, i, d, self._jobs, self._results), daemon=True,
-                            name=f"bge-device-{d}")
+            context.Process(target=_worker_main, args=(load_kwargs, i, d, self._jobs, self._results,
+                                                       self._released[i]), daemon=True, name=f"bge-device-{d}")
             for i, d in enumerate(self.devices)
         ]
         for process in self._processes:
             process.start()
         ready = 0
         while ready < len(self.devices):
-            kind, _, error = self._next_result(START_TIMEOUT)  # type: ignore[misc]
+            kind, worker, payload = self._next_result(START_TIMEOUT)  # type: ignore[misc]
             if kind == "failed":
                 self.close()
-                raise error
-            ready += kind == "ready"
+                raise payload
+            if kind == "ready":
+                ready += 1
+                if payload is not None:
+                    self._readers[worker] = RingReader(*payload, self._released[worker])
 
     @property
     def family(self) -> Family:
@@ -306,48 +251,56 @@ class ProcessDevicePool:
     def _run(self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int,
              show_progress: bool) -> list[Any]:
         call = next(self._calls)
+        if not truncate:  # every input is checked before any work starts, as on one device
+            _check_lengths(self.scheduler.tokenize(items, max_length, options), max_length)
         results: list[Any] = [None] * len(items)
         failure: list[BaseException] = []
         stop = threading.Event()
 
         def feed() -> None:
-            try:
-                for indices, rows in self.scheduler.batches(items, max_length, options, truncate, budget):
-                    if stop.is_set():
-                        return
-                    self._put(("batch", call, options, indices, rows), stop)
-            except BaseException as error:  # noqa: BLE001 - raised by the caller below
-                failure.append(error)
-                stop.set()
+            for start, part in _shares(items, len(self.devices)):
+                if stop.is_set():
+                    return
+                self._put(("chunk", call, (max_length, options, budget), start, part), stop)
 
         feeder = threading.Thread(target=feed, name="bge-feed", daemon=True)
         feeder.start()
         remaining = len(items)
-        with tqdm(total=len(items), disable=not show_progress, desc="encode") as bar:
-            while remaining and not failure:
-                message = self._next_result(None, stop)
-                if message is None:
-                    continue
-                kind, worker, payload = message
-                if not isinstance(payload, tuple) or payload[0] != call:  # left over from an earlier call
-                    continue
-                if kind == "error":
-                    failure.append(payload[1])
-                    stop.set()
-                    continue
-                _, indices, (calls, rows), data, shared, layout = payload
-                for index, output in zip(indices, load_outputs(data, shared, layout)):
-                    results[index] = output
-                remaining -= len(indices)
-                bar.update(len(indices))
-                self._counts[worker] = (calls, rows)
-        feeder.join()
+        try:
+            with tqdm(total=len(items), disable=not show_progress, desc="encode") as bar:
+                while remaining and not failure:
+                    received = self._next_result(None, stop)
+                    if received is None:
+                        continue
+                    kind, worker, payload = received
+                    stale = not isinstance(payload, tuple) or payload[0] != call  # from an earlier call
+                    if kind == "out" and stale:
+                        self._skip(worker, payload[-1])
+                    if stale:
+                        continue
+                    if kind == "error":
+                        failure.append(payload[1])
+                        continue
+                    _, indices, (calls, rows), message = payload
+                    for index, output in zip(indices, read_message(message, self._readers[worker])):
+                        results[index] = output
+                    remaining -= len(indices)
+                    bar.update(len(indices))
+                    self._counts[worker] = (calls, rows)
+        finally:
+            stop.set()
+            feeder.join()
         if failure:
-            with contextlib.suppress(queue.Empty):  # drop this call's batches still waiting
+            with contextlib.suppress(queue.Empty):  # drop this call's chunks still waiting
                 while True:
                     self._jobs.get_nowait()
             raise failure[0]
         return results
+
+    def _skip(self, worker: int, message: tuple) -> None:
+        reader = self._readers[worker]
+        if reader is not None:
+            reader.skip(message)
 
     def _put(self, message: tuple, stop: threading.Event | None) -> None:
         """Queue a message, checking now and then that the workers are alive."""
@@ -395,3 +348,6 @@ class ProcessDevicePool:
                 process.terminate()
         for channel in (self._jobs, self._results):
             channel.close()
+        for reader in self._readers:
+            if reader is not None:
+                reader.close()
