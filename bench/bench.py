@@ -223,21 +223,38 @@ def section_multi_gpu(args: argparse.Namespace) -> None:
     import bge_core.engine.workers as workers
 
     reading = [0.0]  # time the calling process spends copying outputs out of the workers' rings
+    arrivals: list[tuple[float, int]] = []  # (time, worker) of every batch's outputs
     original_read = workers.read_message
 
-    def read_message(*a: Any) -> Any:
+    def read_message(message: Any, reader: Any) -> Any:
         t = time.perf_counter()
         try:
-            return original_read(*a)
+            return original_read(message, reader)
         finally:
             reading[0] += time.perf_counter() - t
+            arrivals.append((t, id(reader)))
+
+    def timeline(start: float, end: float) -> dict[str, Any]:
+        """Per worker: first and last output after the call began, largest gap between outputs (s)."""
+        out = {}
+        for k, worker in enumerate(sorted({w for _, w in arrivals})):
+            times = [t - start for t, w in arrivals if w == worker]
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            out[f"worker{k}"] = dict(first=round(times[0], 3), last=round(times[-1], 3), batches=len(times),
+                                     max_gap=round(max(gaps, default=0.0), 3))
+        out["call"] = round(end - start, 3)
+        return out
 
     workers.read_message = read_message
     for mode, kw in modes.items():
         reading[0] = 0.0
         sn, _ = timed(lambda: many.encode(texts, max_length=512, **kw), repeats=3)
+        arrivals.clear()
+        start = time.perf_counter()
+        many.encode(texts, max_length=512, **kw)
+        shape = timeline(start, time.perf_counter())
         record(f"bge-plugins {n} GPUs", "passages x2", mode, sn, tokens, 0.0, scaling=single[mode] / sn,
-               reading_s_per_call=reading[0] / 3)
+               reading_s_per_call=reading[0] / 4, timeline=shape)
     workers.read_message = original_read
     s1 = single["all3"]
     compat = BGEM3FlagModel(path, use_fp16=False, use_bf16=True, devices=[f"cuda:{i}" for i in range(n)])

@@ -21,6 +21,7 @@ import queue
 import threading
 import traceback
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ from bge_core.families.base import Family, TokenizedItem
 SHARED_MEMORY_ENV = "BGE_CORE_SHARED_MEMORY"
 #: Seconds allowed for a worker to start and load its model.
 START_TIMEOUT = 600.0
+#: Seconds a worker waits for the next chunk of a call before it lets its device drain.
+NEXT_CHUNK_WAIT = 0.01
 #: Characters in the largest chunk of input a worker takes at a time (~150k tokens of text).
 MAX_SHARE_CHARS = 1 << 20
 
@@ -126,8 +129,8 @@ class _Chunks:
     def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
         yield self.first[3], self.first[4]
         while True:
-            try:
-                message = self.jobs.get_nowait()
+            try:  # a short wait rides out a hiccup of the feeding process without draining the device
+                message = self.jobs.get(timeout=NEXT_CHUNK_WAIT)
             except queue.Empty:
                 return
             if message is None or message[1] != self.first[1]:
@@ -265,7 +268,16 @@ class ProcessDevicePool:
 
         feeder = threading.Thread(target=feed, name="bge-feed", daemon=True)
         feeder.start()
+
+        def place(worker: int, indices: list[int], message: tuple) -> None:
+            for index, output in zip(indices, read_message(message, self._readers[worker])):
+                results[index] = output
+
         remaining = len(items)
+        # Outputs are copied out and unpickled on one thread per worker (in that worker's order, as
+        # its ring needs): the copies release the GIL, so two workers' batches are read at once.
+        readers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="bge-read") for _ in self.devices]
+        placed: list[Future] = []
         try:
             with tqdm(total=len(items), disable=not show_progress, desc="encode") as bar:
                 while remaining and not failure:
@@ -275,21 +287,24 @@ class ProcessDevicePool:
                     kind, worker, payload = received
                     stale = not isinstance(payload, tuple) or payload[0] != call  # from an earlier call
                     if kind == "out" and stale:
-                        self._skip(worker, payload[-1])
+                        readers[worker].submit(self._skip, worker, payload[-1])
                     if stale:
                         continue
                     if kind == "error":
                         failure.append(payload[1])
                         continue
                     _, indices, (calls, rows), message = payload
-                    for index, output in zip(indices, read_message(message, self._readers[worker])):
-                        results[index] = output
+                    placed.append(readers[worker].submit(place, worker, indices, message))
                     remaining -= len(indices)
                     bar.update(len(indices))
                     self._counts[worker] = (calls, rows)
         finally:
             stop.set()
             feeder.join()
+            for reader in readers:
+                reader.shutdown(wait=True)
+        for future in placed:
+            future.result()
         if failure:
             with contextlib.suppress(queue.Empty):  # drop this call's chunks still waiting
                 while True:
