@@ -29,6 +29,34 @@ def test_an_item_longer_than_the_budget_runs_alone():
     assert list(schedule.token_budget_batches([0, 1], [50, 5], token_budget=20, padded=True)) == [[0], [1]]
 
 
+def test_the_cycle_collector_pauses_for_a_call_and_resumes_as_it_was(m3_path, parity_texts, monkeypatch):
+    import gc
+
+    from bge_core.engine import runner
+
+    seen = []
+    original = runner.Engine.drive
+
+    def drive(self, *args):
+        seen.append(gc.isenabled())
+        return original(self, *args)
+
+    monkeypatch.setattr(runner.Engine, "drive", drive)
+    model = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    assert gc.isenabled()
+    model.encode(parity_texts, sparse=True)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        model.encode(parity_texts)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ValueError), runner.cycle_collection_paused():  # resumed after an error too
+        raise ValueError
+    assert gc.isenabled()
+
+
 def test_results_come_back_in_input_order_and_do_not_depend_on_the_batch(m3_path, parity_texts):
     m3 = Embedder(m3_path, device="cpu", reuse_outputs=False)
     alone = np.stack([m3.encode([t], sparse=True).dense[0] for t in parity_texts])

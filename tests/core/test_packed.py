@@ -130,6 +130,21 @@ def test_device_pool_without_shared_memory_pipes_outputs(m3_path, parity_texts, 
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_workers_take_small_chunks_first_and_last():
+    """Each worker starts on a small chunk; chunks shrink towards the end so the devices finish together."""
+    from bge_core.engine.workers import FIRST_CHUNK_CHARS, MAX_SHARE_CHARS, _shares
+
+    items = ["x" * 1000] * 20_000  # 20M characters
+    spans = _shares(items, workers=2)
+    assert [i for start, part in spans for i in range(start, start + len(part))] == list(range(len(items)))
+    assert all(spans[k][1] == items[spans[k][0]: spans[k][0] + len(spans[k][1])] for k in range(len(spans)))
+    sizes = [sum(map(len, part)) for _, part in spans]
+    assert sizes[0] <= FIRST_CHUNK_CHARS + 1000 and sizes[1] <= FIRST_CHUNK_CHARS + 1000
+    assert max(sizes) <= MAX_SHARE_CHARS + 1000 and max(sizes) > 4 * sizes[0]
+    assert sizes[-2] < max(sizes) / 4  # the tail is cut finer
+    assert _shares([], workers=2) == []
+
+
 def test_worker_outputs_round_trip_through_the_shared_memory_ring():
     import multiprocessing
     import threading

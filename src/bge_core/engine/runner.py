@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -40,6 +42,28 @@ def _check_lengths(tokenized: list[TokenizedItem], max_length: int) -> None:
             f"{len(over)} input(s) exceed max_length={max_length} tokens at index {shown}; "
             "pass truncate=True to cut them"
         )
+
+
+@contextlib.contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a call that builds many outputs.
+
+    Tens of thousands of lexical dicts and result rows trigger full collections, each scanning every
+    object of the calling process (~35% of the time spent unpickling a worker's outputs, bench/).
+    Outputs hold no reference cycles, so nothing waits longer to be freed; the collector resumes
+    when the call ends (concurrent calls may resume it early, which only costs speed).
+
+    Example:
+        >>> with cycle_collection_paused():
+        ...     rows = [{"id": i} for i in range(100_000)]
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _chars(item: Any) -> int:
@@ -128,7 +152,8 @@ class Engine:
                 results[index] = output
 
         stream = self.batches(items, max_length, options, truncate, token_budget or self.token_budget)
-        with tqdm(unit="tok", unit_scale=True, disable=not show_progress, desc="encode") as bar:
+        with cycle_collection_paused(), tqdm(unit="tok", unit_scale=True, disable=not show_progress,
+                                             desc="encode") as bar:
             self.drive(stream, options, deliver, bar)
         return results
 

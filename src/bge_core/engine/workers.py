@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from bge_core.engine.runner import CHUNK, FIRST_CHUNK_CHARS, _chars, _check_lengths
+from bge_core.engine.runner import CHUNK, FIRST_CHUNK_CHARS, _chars, _check_lengths, cycle_collection_paused
 from bge_core.engine.transfer import RING_BYTES, OutputRing, RingReader, pickled, read_message
 from bge_core.families.base import Family, TokenizedItem
 
@@ -105,7 +105,8 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
 
         try:
             stream = engine.chunk_batches(iter(chunks), max_length, options, budget, ahead=1)
-            engine.drive(stream, options, deliver, _NoBar())
+            with cycle_collection_paused():
+                engine.drive(stream, options, deliver, _NoBar())
         except BaseException as error:  # noqa: BLE001 - sent back to the caller
             failed.add(call)
             results.put(("error", worker, (call, _portable(error))))
@@ -279,7 +280,7 @@ class ProcessDevicePool:
         readers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="bge-read") for _ in self.devices]
         placed: list[Future] = []
         try:
-            with tqdm(total=len(items), disable=not show_progress, desc="encode") as bar:
+            with cycle_collection_paused(), tqdm(total=len(items), disable=not show_progress, desc="encode") as bar:
                 while remaining and not failure:
                     received = self._next_result(None, stop)
                     if received is None:
