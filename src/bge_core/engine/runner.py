@@ -172,11 +172,11 @@ class Engine:
             rows = list(enumerate(self.tokenize(items, max_length, options)))
             yield from self._batches_of(rows, max_length, truncate, budget, hold=False)
             return
-        yield from self.chunk_batches(iter(spans), max_length, options, budget, ahead=2)
+        yield from self.chunk_batches(((start, part, budget) for start, part in spans), max_length, options, ahead=2)
 
-    def chunk_batches(self, chunks: Iterator[tuple[int, list[Any]]], max_length: int, options: dict[str, Any],
-                      budget: int, ahead: int) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
-        """Batches of a stream of (index of the first item, items) chunks, with truncation on.
+    def chunk_batches(self, chunks: Iterator[tuple[int, list[Any], int]], max_length: int, options: dict[str, Any],
+                      ahead: int) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+        """Batches of a stream of (index of the first item, items, token budget) chunks, with truncation on.
 
         Up to `ahead` chunks are tokenized in a background thread while the device works. A chunk's
         last batch, if under half full, waits to be topped up by the next chunk (not the first
@@ -188,14 +188,14 @@ class Engine:
             def take() -> None:
                 chunk = next(chunks, None)
                 if chunk is not None:
-                    queued.append((chunk[0], pool.submit(self.tokenize, chunk[1], max_length, options)))
+                    queued.append((chunk[0], chunk[2], pool.submit(self.tokenize, chunk[1], max_length, options)))
 
             for _ in range(ahead):
                 take()
             held: list[tuple[int, TokenizedItem]] = []
             first = True
             while queued:
-                start, future = queued.popleft()
+                start, budget, future = queued.popleft()
                 tokenized = future.result()
                 take()
                 rows = [*held, *enumerate(tokenized, start)]

@@ -37,6 +37,9 @@ SHARED_MEMORY_ENV = "BGE_CORE_SHARED_MEMORY"
 START_TIMEOUT = 600.0
 #: Seconds a worker waits for the next chunk of a call before it lets its device drain.
 NEXT_CHUNK_WAIT = 0.01
+#: Chunks per worker at the end of a call that run in batches of a quarter of the token budget.
+TAIL_CHUNKS = 2
+TAIL_BUDGET_DIVISOR = 4
 #: Characters in the largest chunk of input a worker takes at a time (~150k tokens of text).
 MAX_SHARE_CHARS = 1 << 20
 
@@ -94,7 +97,7 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
     failed: set[int] = set()
     message = jobs.get()
     while message is not None:
-        call, (max_length, options, budget) = message[1], message[2]
+        call, (max_length, options) = message[1], message[2]
         if call in failed:  # the rest of a call that already failed here
             message = jobs.get()
             continue
@@ -104,7 +107,7 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
             outbox.put((call, indices, (engine.forward_calls, engine.rows_forwarded), outputs))
 
         try:
-            stream = engine.chunk_batches(iter(chunks), max_length, options, budget, ahead=1)
+            stream = engine.chunk_batches(iter(chunks), max_length, options, ahead=1)
             with cycle_collection_paused():
                 engine.drive(stream, options, deliver, _NoBar())
         except BaseException as error:  # noqa: BLE001 - sent back to the caller
@@ -121,14 +124,14 @@ _NOTHING = object()
 
 
 class _Chunks:
-    """Consecutive input chunks of one call, (start, items), for as long as the queue has them
+    """Consecutive input chunks of one call, (start, items, token budget), for as long as the queue has them
     ready; `following` is the message that ended the run (another call's chunk, or None to shut down)."""
 
     def __init__(self, jobs: Any, first: tuple) -> None:
         self.jobs, self.first, self.following = jobs, first, _NOTHING
 
     def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
-        yield self.first[3], self.first[4]
+        yield self.first[3:6]
         while True:
             try:  # a short wait rides out a hiccup of the feeding process without draining the device
                 message = self.jobs.get(timeout=NEXT_CHUNK_WAIT)
@@ -137,7 +140,7 @@ class _Chunks:
             if message is None or message[1] != self.first[1]:
                 self.following = message
                 return
-            yield message[3], message[4]
+            yield message[3:6]
 
 
 def _shared_memory_is_ample() -> bool:
@@ -262,10 +265,15 @@ class ProcessDevicePool:
         stop = threading.Event()
 
         def feed() -> None:
-            for start, part in _shares(items, len(self.devices)):
+            spans = _shares(items, len(self.devices))
+            # The last chunks run in smaller batches: the call ends when the last batch's outputs have
+            # been built, sent and read, so the final batches should be quick to finish.
+            tail = len(spans) - TAIL_CHUNKS * len(self.devices)
+            for k, (start, part) in enumerate(spans):
                 if stop.is_set():
                     return
-                self._put(("chunk", call, (max_length, options, budget), start, part), stop)
+                share_budget = budget if k < tail else max(1, budget // TAIL_BUDGET_DIVISOR)
+                self._put(("chunk", call, (max_length, options), start, part, share_budget), stop)
 
         feeder = threading.Thread(target=feed, name="bge-feed", daemon=True)
         feeder.start()
