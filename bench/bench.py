@@ -217,7 +217,7 @@ def section_multi_gpu(args: argparse.Namespace) -> None:
     one.encode(texts[:256], max_length=512)
     single = {}
     for mode, kw in modes.items():
-        single[mode], _ = timed(lambda: one.encode(texts, max_length=512, **kw), repeats=3)
+        single[mode], _ = timed(lambda: one.encode(texts, max_length=512, **kw), repeats=5)
         record("bge-plugins 1 GPU", "passages x2", mode, single[mode], tokens, 0.0)
     free(one)
     many = Embedder(path, device=[f"cuda:{i}" for i in range(n)], dtype="bf16", reuse_outputs=False)
@@ -263,14 +263,14 @@ def section_multi_gpu(args: argparse.Namespace) -> None:
     workers.ProcessDevicePool._run = pool_run
     for mode, kw in modes.items():
         reading[0] = 0.0
-        sn, _ = timed(lambda: many.encode(texts, max_length=512, **kw), repeats=3)
+        sn, _ = timed(lambda: many.encode(texts, max_length=512, **kw), repeats=5)
         arrivals.clear()
         start = time.perf_counter()
         result = many.encode(texts, max_length=512, **kw)
         shape = timeline(start, time.perf_counter())
         del result
         record(f"bge-plugins {n} GPUs", "passages x2", mode, sn, tokens, 0.0, scaling=single[mode] / sn,
-               reading_s_per_call=reading[0] / 4, timeline=shape)
+               reading_s_per_call=reading[0] / 6, timeline=shape)
     workers.read_message = original_read
     workers.ProcessDevicePool._run = original_run
     s1 = single["all3"]
