@@ -135,14 +135,17 @@ def test_workers_take_small_chunks_first_and_last():
     from bge_core.engine.workers import FIRST_CHUNK_CHARS, MAX_SHARE_CHARS, _shares
 
     items = ["x" * 1000] * 20_000  # 20M characters
-    spans = _shares(items, workers=2)
-    assert [i for start, part in spans for i in range(start, start + len(part))] == list(range(len(items)))
-    assert all(spans[k][1] == items[spans[k][0]: spans[k][0] + len(spans[k][1])] for k in range(len(spans)))
-    sizes = [sum(map(len, part)) for _, part in spans]
+    shares = list(_shares(items, workers=2))
+    assert [i for start, part, _ in shares for i in range(start, start + len(part))] == list(range(len(items)))
+    assert all(part == items[start : start + len(part)] for start, part, _ in shares)
+    sizes = [sum(map(len, part)) for _, part, _ in shares]
     assert sizes[0] <= FIRST_CHUNK_CHARS + 1000 and sizes[1] <= FIRST_CHUNK_CHARS + 1000
     assert max(sizes) <= MAX_SHARE_CHARS + 1000 and max(sizes) > 4 * sizes[0]
     assert sizes[-2] < max(sizes) / 4  # the tail is cut finer
-    assert _shares([], workers=2) == []
+    tail = [in_tail for _, _, in_tail in shares]
+    assert tail[-1] and not any(tail[:-8]) and tail == sorted(tail)  # only the last few chunks
+    assert list(_shares([], workers=2)) == []
+    assert [len(part) for _, part, _ in _shares(["short"] * 3, workers=2)] == [3]
 
 
 def test_worker_outputs_round_trip_through_the_shared_memory_ring():

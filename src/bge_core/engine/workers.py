@@ -37,28 +37,39 @@ SHARED_MEMORY_ENV = "BGE_CORE_SHARED_MEMORY"
 START_TIMEOUT = 600.0
 #: Seconds a worker waits for the next chunk of a call before it lets its device drain.
 NEXT_CHUNK_WAIT = 0.01
-#: Chunks per worker at the end of a call that run in batches of a quarter of the token budget.
+#: Chunks per worker at the end of a call (about) that run in batches of a quarter of the token budget.
 TAIL_CHUNKS = 2
 TAIL_BUDGET_DIVISOR = 4
 #: Characters in the largest chunk of input a worker takes at a time (~150k tokens of text).
 MAX_SHARE_CHARS = 1 << 20
 
 
-def _shares(items: list[Any], workers: int) -> list[tuple[int, list[Any]]]:
-    """(start, items) chunks for `workers` workers: one small chunk each to start at once, then
-    about a quarter of what is left per worker, capped, so the last chunks are small."""
-    spans, start = [], 0
-    remaining = sum(_chars(item) for item in items)
+def _shares(items: list[Any], workers: int) -> Iterator[tuple[int, list[Any], bool]]:
+    """(start, items, in the tail) chunks for `workers` workers: one small chunk each to start at once
+    (handed out before the rest is even measured), then about a quarter of what is left per worker,
+    capped, so the last chunks are small. The tail is the last few chunks of the smallest size."""
+    start = 0
+    for _ in range(workers):
+        end, chars = _take(items, start, FIRST_CHUNK_CHARS)
+        if end == start:
+            return
+        yield start, items[start:end], False
+        start = end
+    remaining = sum(_chars(item) for item in items[start:])
     while start < len(items):
-        target = FIRST_CHUNK_CHARS if len(spans) < workers else min(
-            MAX_SHARE_CHARS, max(FIRST_CHUNK_CHARS, remaining // (4 * workers)))
-        end, chars = start, 0
-        while end < len(items) and end - start < CHUNK and (end == start or chars < target):
-            chars += _chars(items[end])
-            end += 1
-        spans.append((start, items[start:end]))
+        target = min(MAX_SHARE_CHARS, max(FIRST_CHUNK_CHARS, remaining // (4 * workers)))
+        end, chars = _take(items, start, target)
+        yield start, items[start:end], remaining <= TAIL_CHUNKS * workers * FIRST_CHUNK_CHARS
         start, remaining = end, remaining - chars
-    return spans
+
+
+def _take(items: list[Any], start: int, target: int) -> tuple[int, int]:
+    """End of the chunk that starts at `start` and holds about `target` characters (at most CHUNK items)."""
+    end, chars = start, 0
+    while end < len(items) and end - start < CHUNK and (end == start or chars < target):
+        chars += _chars(items[end])
+        end += 1
+    return end, chars
 
 
 def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: Any, results: Any,
@@ -265,14 +276,12 @@ class ProcessDevicePool:
         stop = threading.Event()
 
         def feed() -> None:
-            spans = _shares(items, len(self.devices))
-            # The last chunks run in smaller batches: the call ends when the last batch's outputs have
-            # been built, sent and read, so the final batches should be quick to finish.
-            tail = len(spans) - TAIL_CHUNKS * len(self.devices)
-            for k, (start, part) in enumerate(spans):
+            for start, part, tail in _shares(items, len(self.devices)):
                 if stop.is_set():
                     return
-                share_budget = budget if k < tail else max(1, budget // TAIL_BUDGET_DIVISOR)
+                # The last chunks run in smaller batches: the call ends when the last batch's outputs
+                # have been built, sent and read, so the final batches should be quick to finish.
+                share_budget = max(1, budget // TAIL_BUDGET_DIVISOR) if tail else budget
                 self._put(("chunk", call, (max_length, options), start, part, share_budget), stop)
 
         feeder = threading.Thread(target=feed, name="bge-feed", daemon=True)
