@@ -118,8 +118,10 @@ class PackedBatch:
         return self.cu_seqlens[1:].long()
 
     def backbone_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that route a transformers backbone through packed attention."""
+        """Keyword arguments that route a transformers backbone through packed attention (and keep
+        decoders from building a KV cache nobody reads)."""
         return {
+            "use_cache": False,
             "input_ids": self.input_ids,
             "position_ids": self.position_ids,
             "cu_seq_lens_q": self.cu_seqlens,
@@ -181,9 +183,6 @@ class Family(ABC):
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
         """The same outputs as `forward`, from the token states of a packed batch."""
         raise TypeError(f"{type(self).__name__} does not run on packed batches")
-
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
-        return self.heads_packed(self.backbone_packed(batch), batch, options)
 
     def position_offset(self) -> int:
         """First position id of a sequence: RoBERTa-style models count from padding_idx + 1."""

@@ -137,14 +137,11 @@ class LLMRerankerFamily(Family):
         ).last_hidden_state
         return self._score(hidden[torch.arange(hidden.shape[0], device=hidden.device), batch.last_positions()])
 
-    def backbone_packed(self, batch: PackedBatch) -> torch.Tensor:
-        return self.decoder(**batch.backbone_kwargs(), use_cache=False).last_hidden_state[0]
+    def backbone_module(self) -> torch.nn.Module:
+        return self.decoder
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         return self._score(hidden[batch.ends - 1])
-
-    def forward_packed(self, batch: PackedBatch, options: dict[str, Any]) -> Pending:
-        return self.heads_packed(self.backbone_packed(batch), batch, options)
 
     def _score(self, last: torch.Tensor) -> Pending:
         """'Yes' logit (soft-capped like the LM head) of each row's last hidden state [B, d]."""
