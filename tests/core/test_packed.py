@@ -130,6 +130,25 @@ def test_device_pool_without_shared_memory_pipes_outputs(m3_path, parity_texts, 
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_a_ring_without_room_is_an_error_that_leaves_no_file(monkeypatch):
+    """posix_fallocate reserves the ring's pages up front: a full /dev/shm fails at creation
+    (the worker then pipes its outputs) instead of killing the worker with SIGBUS later."""
+    import glob
+    import multiprocessing
+    import os
+
+    from bge_core.engine import transfer
+
+    def no_room(fd, offset, size):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    before = set(glob.glob("/dev/shm/bge-core-*"))
+    with pytest.raises(OSError, match="No space"):
+        transfer.OutputRing.create(1 << 20, multiprocessing.get_context("spawn").RawValue("Q", 0))
+    assert set(glob.glob("/dev/shm/bge-core-*")) == before
+
+
 def test_workers_take_small_chunks_first_and_last():
     """Each worker starts on a small chunk; chunks shrink towards the end so the devices finish together."""
     from bge_core.engine.workers import FIRST_CHUNK_CHARS, MAX_SHARE_CHARS, _shares

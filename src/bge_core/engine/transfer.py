@@ -91,11 +91,20 @@ def _bytes_of(array: np.ndarray) -> torch.Tensor:
 
 
 def _map(path: str, size: int, create: bool) -> mmap.mmap:
-    """Map a file in /dev/shm, every page faulted in now (MAP_POPULATE) rather than one by one later."""
+    """Map a file in /dev/shm, every page faulted in now (MAP_POPULATE) rather than one by one later.
+
+    A new file's pages are allocated first (posix_fallocate): a tmpfs without room then fails here
+    with an OSError, instead of killing the process with SIGBUS at a later write.
+    """
     fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
     try:
         if create:
-            os.ftruncate(fd, size)
+            try:
+                os.ftruncate(fd, size)
+                os.posix_fallocate(fd, 0, size)
+            except OSError:
+                os.unlink(path)
+                raise
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
         return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import pickle
 import queue
@@ -30,6 +31,8 @@ from tqdm.auto import tqdm
 from bge_core.engine.runner import CHUNK, FIRST_CHUNK_CHARS, _chars, _check_lengths, cycle_collection_paused
 from bge_core.engine.transfer import RING_BYTES, OutputRing, RingReader, pickled, read_message
 from bge_core.families.base import Family, TokenizedItem
+
+log = logging.getLogger(__name__)
 
 #: Set to "0" to send outputs through the pipe only (no shared memory).
 SHARED_MEMORY_ENV = "BGE_CORE_SHARED_MEMORY"
@@ -86,10 +89,15 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
     try:
         engine = load_model(**load_kwargs, device=device).engine
         torch.set_grad_enabled(False)
-        ring = OutputRing.create(RING_BYTES, released) if _shared_memory_is_ample() else None
     except BaseException as error:  # noqa: BLE001 - reported to the caller, which raises it
         results.put(("failed", worker, _portable(error)))
         return
+    ring = None
+    if _shared_memory_is_ample():
+        try:
+            ring = OutputRing.create(RING_BYTES, released)
+        except OSError as error:  # /dev/shm filled up meanwhile: outputs go through the pipe
+            log.warning("no shared-memory ring for %s (%s); sending outputs through the pipe", device, error)
     results.put(("ready", worker, None if ring is None else (ring.name, ring.size)))
     outbox: queue.Queue = queue.Queue(maxsize=4)
 
@@ -155,15 +163,15 @@ class _Chunks:
 
 
 def _shared_memory_is_ample() -> bool:
-    """Whether /dev/shm can hold many batches' outputs. Containers often give it 64 MB, and a full
-    tmpfs kills its writer with SIGBUS; there outputs are pickled whole through the pipe instead."""
+    """Whether /dev/shm has room for a ring (containers often give it 64 MB) with plenty to spare
+    for everyone else; where not, outputs are pickled whole through the pipe instead."""
     if os.environ.get(SHARED_MEMORY_ENV) == "0":
         return False
     try:
         stats = os.statvfs("/dev/shm")
     except OSError:
         return False
-    return stats.f_bavail * stats.f_frsize >= 2 << 30
+    return stats.f_bavail * stats.f_frsize >= 2 * RING_BYTES
 
 
 class _NoBar:
