@@ -1,6 +1,7 @@
 """Where the time goes, on one GPU (the figures behind BENCHMARKS.md's notes):
 
     python bench/probe_gpu.py attn       # varlen attention kernels on a long-document and a passages batch
+    python bench/probe_gpu.py cudnn      # cuDNN attention on long documents padded to 256-token buckets
     python bench/probe_gpu.py e2e        # end-to-end timings, plus GPU busy time and gaps from a profile
     python bench/probe_gpu.py host       # where the calling thread's time goes in one call
 
