@@ -125,7 +125,8 @@ def encode(model: str, input_path: str, output: str, dense: bool, sparse: bool, 
             raise InputError(f"{model}: --sparse and --colbert need a BGE-M3 model; this is a {embedder.family} model")
         colbert_dim = embedder.colbert_dim if colbert else None
         encode_fn = embedder.encode_queries if queries else embedder.encode_documents
-        tokens, start = 0, time.perf_counter()
+        engine = embedder.loaded.engine
+        start, tokens_before = time.perf_counter(), engine.tokens_forwarded
         with atomic_output(output) as tmp:
             sink = NpySink(tmp, dim=embedder.dim) if kind == ".npy" else ParquetSink(
                 tmp, dense_dim=embedder.dim if dense else None, sparse=sparse, colbert_dim=colbert_dim)
@@ -135,20 +136,14 @@ def encode(model: str, input_path: str, output: str, dense: bool, sparse: bool, 
                     texts = [r.text for r in chunk]
                     out = encode_fn(texts, dense=dense, sparse=sparse, colbert=colbert)
                     sink.write([r.id or str(r.line) for r in chunk], texts, out)
-                    tokens += count_tokens(embedder, texts)
+                    tokens = engine.tokens_forwarded - tokens_before  # what the model read, as it read it
                     bar.update(len(chunk))
                     bar.set_postfix_str(f"{tokens / (time.perf_counter() - start):,.0f} tok/s")
         seconds = time.perf_counter() - start
+        tokens = engine.tokens_forwarded - tokens_before
         if not quiet:
             click.echo(f"encoded {total} texts ({tokens:,} tokens) in {seconds:.1f} s: {total / seconds:,.1f} texts/s, "
                        f"{tokens / seconds:,.0f} tokens/s -> {output}")
-
-
-def count_tokens(embedder: Any, texts: list[str]) -> int:
-    """Tokens the model reads for `texts` (after truncation), for the tokens/s figure."""
-    ids = embedder.tokenizer(texts, truncation=True, max_length=embedder.max_length, return_attention_mask=False,
-                             return_token_type_ids=False)["input_ids"]
-    return sum(len(i) for i in ids)
 
 
 # -- index / search -----------------------------------------------------------------------------

@@ -19,11 +19,12 @@ def m3(m3_path) -> Embedder:
 
 
 def test_txt_to_parquet_dense_matches_core_and_ids_are_line_numbers(tmp_path, m3_path, m3, corpus):
-    texts = [r.text for r in corpus[:5]]
+    texts = [f"{r.text} (first seen here)" for r in corpus[:5]]  # not remembered: the model reads every text
     (tmp_path / "in.txt").write_text("\n".join(texts[:2]) + "\n\n" + "\n".join(texts[2:]) + "\n", encoding="utf-8")
     result = bge("encode", m3_path, tmp_path / "in.txt", "-o", tmp_path / "out.parquet", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "encoded 5 texts" in result.stdout and "tokens/s" in result.stdout
+    read = sum(len(ids) for ids in m3.tokenizer(texts, truncation=True, max_length=m3.max_length)["input_ids"])
+    assert f"encoded 5 texts ({read:,} tokens)" in result.stdout and "tokens/s" in result.stdout
     assert "tok/s" in result.stderr  # the progress bar's throughput
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column_names == ["id", "text", "dense"]

@@ -117,8 +117,9 @@ class Engine:
         self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None
         self._tokenizer_lock = threading.Lock()
         self._forward_lock = threading.Lock()
-        self.forward_calls = 0  # batches run (tests and benchmarks read these)
+        self.forward_calls = 0  # batches run (tests, benchmarks and the CLI's tokens/s read these)
         self.rows_forwarded = 0
+        self.tokens_forwarded = 0
 
     def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
         """Tokenize in slices: freeing one huge batch of tokenizer results holds the GIL long enough
@@ -252,15 +253,19 @@ class Engine:
 
     def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> list[Any] | Pending:
         with self._forward_lock, torch.inference_mode():
+            if not self.packed:
+                out = self.family.forward(self._pad(rows), options)
+            else:
+                batch = self._pack(rows)
+                hidden = self.graphs.backbone(batch) if self.graphs is not None and self.graphs.fits(batch) else None
+                if hidden is None:
+                    hidden = self.family.backbone_packed(batch)
+                out = self.family.heads_packed(hidden, batch, options)
+            # Counted once the batch ran: a batch split after running out of memory counts as its halves.
             self.forward_calls += 1
             self.rows_forwarded += len(rows)
-            if not self.packed:
-                return self.family.forward(self._pad(rows), options)
-            batch = self._pack(rows)
-            hidden = self.graphs.backbone(batch) if self.graphs is not None and self.graphs.fits(batch) else None
-            if hidden is None:
-                hidden = self.family.backbone_packed(batch)
-            return self.family.heads_packed(hidden, batch, options)
+            self.tokens_forwarded += sum(len(r.ids) for r in rows)
+            return out
 
     def _pack(self, rows: list[TokenizedItem]) -> PackedBatch:
         """One host-to-device copy (ids, then lengths); offsets, positions and sequence ids are

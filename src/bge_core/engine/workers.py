@@ -123,7 +123,8 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
         chunks = _Chunks(jobs, message)
 
         def deliver(indices: list[int], outputs: list[Any], call: int = call) -> None:
-            outbox.put((call, indices, (engine.forward_calls, engine.rows_forwarded), outputs))
+            counts = (engine.forward_calls, engine.rows_forwarded, engine.tokens_forwarded)
+            outbox.put((call, indices, counts, outputs))
 
         try:
             stream = engine.chunk_batches(iter(chunks), max_length, options, ahead=1)
@@ -207,7 +208,7 @@ class ProcessDevicePool:
         self.packed = packed
         self.token_budget = token_budget
         self.closed = False
-        self._counts = [(0, 0)] * len(self.devices)  # (batches, rows) each worker has run, as it last said
+        self._counts = [(0, 0, 0)] * len(self.devices)  # (batches, rows, tokens) each worker has run, as it last said
         self._lock = threading.Lock()
         self._calls = itertools.count(1)
         context = torch.multiprocessing.get_context("spawn")
@@ -241,16 +242,20 @@ class ProcessDevicePool:
 
     @property
     def forward_calls(self) -> int:
-        return sum(calls for calls, _ in self._counts)
+        return sum(counts[0] for counts in self._counts)
 
     @property
     def rows_forwarded(self) -> int:
-        return sum(rows for _, rows in self._counts)
+        return sum(counts[1] for counts in self._counts)
+
+    @property
+    def tokens_forwarded(self) -> int:
+        return sum(counts[2] for counts in self._counts)
 
     @property
     def rows_by_worker(self) -> list[int]:
         """Rows each device's worker has run."""
-        return [rows for _, rows in self._counts]
+        return [counts[1] for counts in self._counts]
 
     def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
         return self.scheduler.tokenize(items, max_length, options)
@@ -319,11 +324,11 @@ class ProcessDevicePool:
                     if kind == "error":
                         failure.append(payload[1])
                         continue
-                    _, indices, (calls, rows), message = payload
+                    _, indices, counts, message = payload
                     placed.append(readers[worker].submit(place, worker, indices, message))
                     remaining -= len(indices)
                     bar.update(len(indices))
-                    self._counts[worker] = (calls, rows)
+                    self._counts[worker] = counts
         finally:
             stop.set()
             feeder.join()
