@@ -82,7 +82,7 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
 
     Consecutive chunks of one call run as one stream (the next chunk tokenized while the device
     works, two batches queued on it while the host finishes the previous one); the stream ends when
-    the queue is momentarily empty.
+    no chunk of the call comes within NEXT_CHUNK_WAIT.
     """
     from bge_core.loading import load_model
 
