@@ -151,7 +151,7 @@ async def test_event_loop_keeps_running_during_async_batch(dense_path):
     """
     emb = BGEEmbedding(dense_path, device="cpu", embed_batch_size=256)
     emb.get_text_embedding("warm up")
-    texts = [f"text {i}: the giant panda eats bamboo in the mountains of south central China" for i in range(4000)]
+    texts = [f"text {i}: the giant panda eats bamboo in the mountains of south central China" for i in range(8000)]
     lags: list[float] = []
     done = asyncio.Event()
 
