@@ -9,10 +9,11 @@ the result queue, and the calling process copies the arrays out into its own mem
 space back by advancing a shared counter.
 
 Example:
-    >>> released = multiprocessing.get_context("spawn").RawValue("Q", 0)  # doctest: +SKIP
-    >>> ring = OutputRing.create(1 << 20, released)                         # worker side
-    >>> reader = RingReader(ring.name, ring.size, released)                 # calling side
-    >>> reader.read(ring.write([np.ones(4096)]))[0].sum()
+    >>> import multiprocessing
+    >>> released = multiprocessing.get_context("spawn").RawValue("Q", 0)
+    >>> ring = OutputRing.create(1 << 20, released)            # worker side
+    >>> reader = RingReader(ring.name, ring.size, released)    # calling side
+    >>> float(reader.read(ring.write([np.ones(4096)]))[0].sum())
     4096.0
 """
 
