@@ -74,14 +74,21 @@ def _chars(item: Any) -> int:
     return sum(len(part) for part in item if isinstance(part, str)) if isinstance(item, (tuple, list)) else 1
 
 
+def _chunk_end(items: list[Any], start: int, target: float) -> tuple[int, int]:
+    """End of the chunk that starts at `start` and holds about `target` characters (at most CHUNK
+    items, at least one), and the characters it holds."""
+    end, chars = start, 0
+    while end < len(items) and end - start < CHUNK and (end == start or chars < target):
+        chars += _chars(items[end])
+        end += 1
+    return end, chars
+
+
 def _chunks(items: list[Any]) -> list[tuple[int, list[Any]]]:
     """(start, items) spans: the first about FIRST_CHUNK_CHARS characters, then growing."""
     spans, start, budget = [], 0, float(FIRST_CHUNK_CHARS)
     while start < len(items):
-        end, chars = start, 0
-        while end < len(items) and end - start < CHUNK and (end == start or chars < budget):
-            chars += _chars(items[end])
-            end += 1
+        end, _ = _chunk_end(items, start, budget)
         spans.append((start, items[start:end]))
         start, budget = end, budget * CHUNK_GROWTH
     return spans

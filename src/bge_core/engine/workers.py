@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from bge_core.engine.runner import CHUNK, FIRST_CHUNK_CHARS, _chars, _check_lengths, cycle_collection_paused
+from bge_core.engine.runner import FIRST_CHUNK_CHARS, _chars, _check_lengths, _chunk_end, cycle_collection_paused
 from bge_core.engine.transfer import RING_BYTES, OutputRing, RingReader, pickled, read_message
 from bge_core.families.base import Family, TokenizedItem
 
@@ -53,7 +53,7 @@ def _shares(items: list[Any], workers: int) -> Iterator[tuple[int, list[Any], bo
     capped, so the last chunks are small. The tail is the last few chunks of the smallest size."""
     start = 0
     for _ in range(workers):
-        end, chars = _take(items, start, FIRST_CHUNK_CHARS)
+        end, _ = _chunk_end(items, start, FIRST_CHUNK_CHARS)
         if end == start:
             return
         yield start, items[start:end], False
@@ -61,18 +61,9 @@ def _shares(items: list[Any], workers: int) -> Iterator[tuple[int, list[Any], bo
     remaining = sum(_chars(item) for item in items[start:])
     while start < len(items):
         target = min(MAX_SHARE_CHARS, max(FIRST_CHUNK_CHARS, remaining // (4 * workers)))
-        end, chars = _take(items, start, target)
+        end, chars = _chunk_end(items, start, target)
         yield start, items[start:end], remaining <= TAIL_CHUNKS * workers * FIRST_CHUNK_CHARS
         start, remaining = end, remaining - chars
-
-
-def _take(items: list[Any], start: int, target: int) -> tuple[int, int]:
-    """End of the chunk that starts at `start` and holds about `target` characters (at most CHUNK items)."""
-    end, chars = start, 0
-    while end < len(items) and end - start < CHUNK and (end == start or chars < target):
-        chars += _chars(items[end])
-        end += 1
-    return end, chars
 
 
 def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: Any, results: Any,
