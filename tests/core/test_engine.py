@@ -134,3 +134,30 @@ def test_dense_then_sparse_for_the_same_texts_costs_one_forward(m3_path, parity_
     fresh = Embedder(m3, reuse_outputs=False).encode(texts, sparse=True)
     np.testing.assert_allclose(dense, fresh.dense, atol=1e-6)
     assert sparse == fresh.lexical_weights
+
+
+def test_on_batch_sees_every_output_once_as_run_returns_it(m3_path, parity_texts):
+    engine = Embedder(m3_path, device="cpu", reuse_outputs=False).loaded.engine
+    seen: dict[int, object] = {}
+    batches = []
+
+    def on_batch(indices, outputs):
+        batches.append(len(indices))
+        for index, output in zip(indices, outputs, strict=True):
+            assert index not in seen
+            seen[index] = output
+
+    results = engine.run(parity_texts, max_length=64, options={"dense": True}, token_budget=64, on_batch=on_batch)
+    assert len(batches) > 1 and sorted(seen) == list(range(len(parity_texts)))
+    assert all(seen[i] is row for i, row in enumerate(results))
+
+
+def test_remembered_and_fresh_dense_vectors_land_in_their_own_rows(m3_path, parity_texts):
+    """With the memo, part of a call's dense matrix comes from remembered rows and part from the engine."""
+    want = Embedder(m3_path, device="cpu", reuse_outputs=False).encode(parity_texts).dense
+    model = Embedder(m3_path, device="cpu", batch_tokens=64)
+    model.loaded.memo.clear()
+    model.encode(parity_texts[1::3])
+    got = model.encode(parity_texts, sparse=True).dense
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert got.dtype == np.float32 and got.shape == want.shape

@@ -186,22 +186,20 @@ def test_worker_outputs_round_trip_through_the_shared_memory_ring():
         np.testing.assert_array_equal(back[1], outputs[1])
         assert back[1].dtype == np.float16 and back[0]["weights"] == {5: 0.25} and back[2] is None
 
-        # Rows of one batch array (as heads return them) travel as that array, copied once.
+        # A view travels as its own bytes; Fortran-ordered and strided arrays keep their layout and values.
         batch = np.random.default_rng(0).standard_normal((64, 1024)).astype(np.float32)
-        rows = [batch[i] for i in range(64)] + [batch[3:9]]
-        message = ring.write(rows)
-        assert [size for _, size in message[2]] == [batch.nbytes]
-        for got, want in zip(reader.read(message), rows, strict=True):
+        message = ring.write([batch[3:9], np.asfortranarray(batch[:8]), batch[:, ::2]])
+        assert [size for _, size in message[2]] == [batch[3:9].nbytes, batch[:8].nbytes]  # strided: pickled
+        back = reader.read(message)
+        for got, want in zip(back, [batch[3:9], batch[:8], batch[:, ::2]], strict=True):
             np.testing.assert_array_equal(got, want)
-        # A small view of a big array is copied alone.
-        message = ring.write([batch[:2]])
-        assert [size for _, size in message[2]] == [batch[:2].nbytes]
-        np.testing.assert_array_equal(reader.read(message)[0], batch[:2])
+        assert back[1].flags.f_contiguous
 
         # The ring wraps around (a batch is never split at its end), and a full ring waits until
         # the reader has copied older batches out.
         pending = [ring.write([batch]) for _ in range(3)]
-        assert pending[2][2][0][0] == 0 and pending[1][2][0][0] > 0
+        starts = [message[2][0][0] for message in pending]
+        assert starts == sorted(starts) and starts[-1] + 2 * batch.nbytes > ring.size  # no room for a fourth
         later: list = []
         writer = threading.Thread(target=lambda: later.append(ring.write([batch * 2])))
         writer.start()
@@ -210,6 +208,7 @@ def test_worker_outputs_round_trip_through_the_shared_memory_ring():
         for message in pending:
             np.testing.assert_array_equal(reader.read(message)[0], batch)
         writer.join(timeout=5)
+        assert later[0][2][0][0] == 0  # wrapped around to the ring's start
         np.testing.assert_array_equal(reader.read(later[0])[0], batch * 2)
 
         # Outputs larger than half the ring are pickled whole.
@@ -240,3 +239,28 @@ def test_fused_encoder_matches_transformers_on_packed_tokens(family, request, pa
         got = FusedEncoder(backbone)(batch)
     assert got.shape == expected.shape == (sum(batch.lengths), backbone.config.hidden_size)
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["m3", "dense", "cross_encoder"])
+def test_a_batch_travels_as_host_arrays_and_builds_the_same_rows_after_pickling(family, request, parity_texts):
+    """Device workers send `HostOutputs` (arrays and a picklable build) and the calling process builds
+    the rows: no family may hand the engine a build that does not pickle."""
+    import pickle
+
+    path = request.getfixturevalue(f"{family}_path")
+    model = Reranker(path, device="cpu") if family == "cross_encoder" else \
+        Embedder(path, device="cpu", reuse_outputs=False)
+    engine = model.loaded.engine
+    items = parity_texts if family != "cross_encoder" else [(parity_texts[0], t) for t in parity_texts]
+    options = {"dense": True, "sparse": True, "colbert": True} if family == "m3" else {}
+    with torch.inference_mode():
+        host = engine._forward(engine.tokenize(items, 64, options), options).host_outputs()
+    travelled = pickle.loads(pickle.dumps(host, protocol=5))
+    assert travelled.arrays.keys() == host.arrays.keys()
+    for got, want in zip(travelled.rows(), host.rows(), strict=True):
+        if family == "m3":
+            np.testing.assert_array_equal(got.dense, want.dense)
+            np.testing.assert_array_equal(got.colbert_vectors, want.colbert_vectors)
+            assert got.lexical_weights == want.lexical_weights
+        else:
+            np.testing.assert_array_equal(got, want)

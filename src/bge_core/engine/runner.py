@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from bge_core.engine import schedule
 from bge_core.engine.attention import can_pack, use_packed_attention
 from bge_core.engine.graphs import GraphCache
-from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
+from bge_core.families.base import Batch, Family, HostOutputs, PackedBatch, Pending, TokenizedItem
 from bge_core.models.encoder import fused_encoder
 
 #: Default token budget of one batch (padded rows × longest row). Large enough to keep a GPU
@@ -94,6 +94,16 @@ def _chunks(items: list[Any]) -> list[tuple[int, list[Any]]]:
     return spans
 
 
+def place_rows(results: list[Any], indices: list[int], parts: list[HostOutputs],
+               on_batch: Callable[[list[int], list[Any]], None] | None) -> None:
+    """Build a batch's rows from its host outputs, put them at their input indices, tell `on_batch`."""
+    rows = [row for part in parts for row in part.rows()]
+    for index, row in zip(indices, rows):
+        results[index] = row
+    if on_batch is not None:
+        on_batch(indices, rows)
+
+
 class Engine:
     """Runs one loaded family on its device; safe to call from many threads.
 
@@ -146,8 +156,13 @@ class Engine:
         truncate: bool = True,
         token_budget: int | None = None,
         show_progress: bool = False,
+        on_batch: Callable[[list[int], list[Any]], None] | None = None,
     ) -> list[Any]:
         """Compute the family's outputs for `items`, returned in input order.
+
+        `on_batch`, if given, gets each batch's input indices and outputs as soon as they are built,
+        while the device runs later batches (on several devices, from one thread per device, at the
+        same time): a caller can gather outputs off the call's critical path.
 
         Raises:
             ValueError: `truncate=False` and some items exceed `max_length` (indices listed).
@@ -156,9 +171,8 @@ class Engine:
             return []
         results: list[Any] = [None] * len(items)
 
-        def deliver(indices: list[int], outputs: list[Any]) -> None:
-            for index, output in zip(indices, outputs):
-                results[index] = output
+        def deliver(indices: list[int], parts: list[HostOutputs]) -> None:
+            place_rows(results, indices, parts, on_batch)
 
         stream = self.batches(items, max_length, options, truncate, token_budget or self.token_budget)
         with cycle_collection_paused(), tqdm(unit="tok", unit_scale=True, disable=not show_progress,
@@ -229,11 +243,11 @@ class Engine:
         return [rows[i] for i in kept]
 
     def drive(self, stream: Iterator[tuple[list[int], list[TokenizedItem]]], options: dict[str, Any],
-              deliver: Callable[[list[int], list[Any]], None], bar: Any) -> None:
-        """Run batches from `stream` on this engine, handing each batch's outputs to `deliver` with
-        their input indices.
+              deliver: Callable[[list[int], list[HostOutputs]], None], bar: Any) -> None:
+        """Run batches from `stream` on this engine, handing each batch's host outputs to `deliver`
+        with their input indices (one part per piece the batch ran as: more after an out-of-memory split).
 
-        A batch's host-side work (copies, building dicts) is done only after the next two batches
+        A batch's host-side work (copies, building rows) is done only after the next two batches
         are queued on the device, so the two overlap.
         """
         in_flight: list[tuple[list[int], list[Any], int]] = []
@@ -241,7 +255,7 @@ class Engine:
         def settle(keep: int) -> None:
             while len(in_flight) > keep:
                 indices, pendings, n_tokens = in_flight.pop(0)
-                deliver(indices, [o for p in pendings for o in (p.finish() if isinstance(p, Pending) else p)])
+                deliver(indices, [p.host_outputs() for p in pendings])
                 bar.update(n_tokens)
 
         while True:
@@ -250,7 +264,7 @@ class Engine:
                 break
             indices, rows = nxt
 
-            def run_part(part: list[int], rows: list[TokenizedItem] = rows) -> list[Any]:
+            def run_part(part: list[int], rows: list[TokenizedItem] = rows) -> list[Pending]:
                 return [self._forward([rows[i] for i in part], options)]
 
             pendings = schedule.run_with_oom_split(list(range(len(rows))), run_part)
@@ -258,7 +272,7 @@ class Engine:
             settle(keep=2)  # two batches queued ahead: a host hiccup does not idle the device
         settle(keep=0)
 
-    def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> list[Any] | Pending:
+    def _forward(self, rows: list[TokenizedItem], options: dict[str, Any]) -> Pending:
         with self._forward_lock, torch.inference_mode():
             if not self.packed:
                 out = self.family.forward(self._pad(rows), options)

@@ -1,12 +1,13 @@
 """Moving a worker's batch outputs to the calling process.
 
-A batch of BGE-M3 outputs with ColBERT vectors is ~150 MB of arrays plus many small dicts. Pickling
-the arrays through a pipe copies them three times; writing them into a fresh shared-memory segment
-per batch costs a page fault per 4 KiB on both sides (≈100 ms for 133 MB, bench/). So each worker
-owns one ring of shared memory, mapped and faulted in once at start: a batch's arrays are copied
-into the ring, the pickle of everything else (with the arrays out of band, protocol 5) goes through
-the result queue, and the calling process copies the arrays out into its own memory and hands the
-space back by advancing a shared counter.
+A batch of BGE-M3 outputs with ColBERT vectors is ~150 MB of host arrays (the heads' outputs before
+they become per-row results, which the calling process builds). Pickling them through a pipe copies
+them three times; writing them into a fresh shared-memory segment per batch costs a page fault per
+4 KiB on both sides (≈100 ms for 133 MB, bench/). So each worker owns one ring of shared memory,
+mapped and faulted in once at start: a batch's arrays are copied into the ring, the pickle of the
+rest (with the arrays out of band, protocol 5) goes through the result queue, and the calling
+process copies the arrays out into its own memory and hands the space back by advancing a shared
+counter.
 
 Example:
     >>> import multiprocessing
@@ -37,58 +38,19 @@ RING_BYTES = 1 << 30
 _ALIGN = 64
 
 
-def _plan(outputs: list[Any]) -> tuple[bytes, list[np.ndarray], list[tuple[int, int, int]]]:
-    """Pickle `outputs` with large arrays out of band. Returns the pickle, the regions to copy and,
-    per out-of-band array, (region index, byte offset in the region, bytes).
-
-    Rows of one batch array (as heads return them) are sent as that array, copied once; a small view
-    of a big array is copied alone.
-    """
-    arrays: list[np.ndarray] = []
+def _plan(outputs: list[Any]) -> tuple[bytes, list[np.ndarray]]:
+    """Pickle `outputs` with large arrays out of band. Returns the pickle and, in order, the bytes of
+    each out-of-band array (views, not copies)."""
+    regions: list[np.ndarray] = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
-        array = buffer.raw().obj
-        if not isinstance(array, np.ndarray) or array.nbytes < RING_ARRAY_BYTES:
+        raw = buffer.raw()
+        if not isinstance(raw.obj, np.ndarray) or raw.nbytes < RING_ARRAY_BYTES:
             return True  # stays in the pickle
-        arrays.append(array)
+        regions.append(np.frombuffer(raw, dtype=np.uint8))
         return False
 
-    data = pickle.dumps(outputs, protocol=5, buffer_callback=out_of_band)
-    # Per array: its root (the array owning the memory) and its byte offset in it. Addresses are read
-    # once per array and once per root (`ndarray.ctypes` is slow, and a batch has ~1,000 arrays).
-    roots: dict[int, list] = {}  # id(root) -> [root, address, bytes of views into it]
-    placed: list[tuple[list | None, int]] = []
-    for array in arrays:
-        root = array
-        while isinstance(root.base, np.ndarray):
-            root = root.base
-        if root is not array and root.flags.c_contiguous and array.flags.c_contiguous:
-            entry = roots.get(id(root))
-            if entry is None:
-                entry = roots[id(root)] = [root, root.ctypes.data, 0]
-            within = array.ctypes.data - entry[1]
-            if 0 <= within <= root.nbytes - array.nbytes:
-                entry[2] += array.nbytes
-                placed.append((entry, within))
-                continue
-        placed.append((None, 0))
-    regions: list[np.ndarray] = []
-    index_of: dict[int, int] = {}
-    buffers = []
-    for array, (entry, within) in zip(arrays, placed):
-        if entry is not None and 2 * entry[2] >= entry[0].nbytes:  # views cover most of the root: send it whole
-            source = entry[0]
-        else:
-            source, within = np.ascontiguousarray(array), 0
-        if id(source) not in index_of:
-            index_of[id(source)] = len(regions)
-            regions.append(source)
-        buffers.append((index_of[id(source)], within, array.nbytes))
-    return data, regions, buffers
-
-
-def _bytes_of(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array.reshape(-1).view(np.uint8))
+    return pickle.dumps(outputs, protocol=5, buffer_callback=out_of_band), regions
 
 
 def _map(path: str, size: int, create: bool) -> mmap.mmap:
@@ -133,7 +95,7 @@ class OutputRing:
 
     def write(self, outputs: list[Any]) -> tuple:
         """Copy `outputs`' arrays into the ring (waiting for space) and return the message for the reader."""
-        data, regions, buffers = _plan(outputs)
+        data, regions = _plan(outputs)
         need = sum(-(-r.nbytes // _ALIGN) * _ALIGN for r in regions)
         if need > self.size // 2:
             return pickled(outputs)
@@ -145,11 +107,11 @@ class OutputRing:
             time.sleep(0.0005)
         offsets, at = [], start % self.size
         for region in regions:  # torch copies release the GIL
-            self._bytes[at : at + region.nbytes].copy_(_bytes_of(region))
+            self._bytes[at : at + region.nbytes].copy_(torch.from_numpy(region))
             offsets.append((at, region.nbytes))
             at += -(-region.nbytes // _ALIGN) * _ALIGN
         self.written = end
-        return ("ring", data, offsets, buffers, end)
+        return ("ring", data, offsets, end)
 
     def unlink(self) -> None:
         try:
@@ -195,11 +157,10 @@ def read_message(message: tuple, reader: RingReader | None) -> list[Any]:
     """Outputs from a worker's message: pickled whole, or pickled with arrays in its ring."""
     if message[0] == "pickle":
         return pickle.loads(message[1])
-    _, data, offsets, buffers, end = message
+    _, data, offsets, end = message
     if reader is None:
         raise RuntimeError("a ring message arrived from a worker without a ring")
-    regions = reader.copy_out(offsets, end)
-    return pickle.loads(data, buffers=[regions[r][within : within + size] for r, within, size in buffers])
+    return pickle.loads(data, buffers=reader.copy_out(offsets, end))
 
 
 def pickled(outputs: list[Any]) -> tuple:

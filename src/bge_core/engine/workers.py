@@ -4,8 +4,10 @@ Threads cannot feed several GPUs: launching kernels, packing batches and buildin
 the one GIL, so two GPUs in one process reach ~1.4× one (bench/). Here each device has its own
 process with its own engine that tokenizes, batches and runs the chunks of input it takes from a
 shared queue; the calling process only cuts the input into chunks (by characters, smaller towards
-the end so the devices finish together) and collects outputs. Output arrays travel through each
-worker's ring of shared memory (`bge_core.engine.transfer`); the rest of an output is pickled.
+the end so the devices finish together) and collects outputs. A worker sends each batch's head
+outputs as host arrays through its ring of shared memory (`bge_core.engine.transfer`), and the
+calling process builds the per-row results (lexical-weight dicts, views of ColBERT vectors) from
+them: a worker spends no time on per-row Python objects, and none are pickled.
 
 Workers are started with the "spawn" method (CUDA cannot be forked), so a script that creates a
 multi-device model must guard its entry point with ``if __name__ == "__main__":``.
@@ -21,16 +23,23 @@ import pickle
 import queue
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from bge_core.engine.runner import FIRST_CHUNK_CHARS, _chars, _check_lengths, _chunk_end, cycle_collection_paused
+from bge_core.engine.runner import (
+    FIRST_CHUNK_CHARS,
+    _chars,
+    _check_lengths,
+    _chunk_end,
+    cycle_collection_paused,
+    place_rows,
+)
 from bge_core.engine.transfer import RING_BYTES, OutputRing, RingReader, pickled, read_message
-from bge_core.families.base import Family, TokenizedItem
+from bge_core.families.base import Family, HostOutputs, TokenizedItem
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +103,9 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
 
     def send() -> None:
         while (item := outbox.get()) is not None:
-            call, indices, counts, outputs = item
+            call, indices, counts, parts = item
             try:
-                message = pickled(outputs) if ring is None else ring.write(outputs)
+                message = pickled(parts) if ring is None else ring.write(parts)
                 results.put(("out", worker, (call, indices, counts, message)))
             except BaseException as error:  # noqa: BLE001 - e.g. an output that does not pickle
                 results.put(("error", worker, (call, _portable(error))))
@@ -113,9 +122,9 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
             continue
         chunks = _Chunks(jobs, message)
 
-        def deliver(indices: list[int], outputs: list[Any], call: int = call) -> None:
+        def deliver(indices: list[int], parts: list[HostOutputs], call: int = call) -> None:
             counts = (engine.forward_calls, engine.rows_forwarded, engine.tokens_forwarded)
-            outbox.put((call, indices, counts, outputs))
+            outbox.put((call, indices, counts, parts))
 
         try:
             stream = engine.chunk_batches(iter(chunks), max_length, options, ahead=1)
@@ -260,6 +269,7 @@ class ProcessDevicePool:
         truncate: bool = True,
         token_budget: int | None = None,
         show_progress: bool = False,
+        on_batch: Callable[[list[int], list[Any]], None] | None = None,
     ) -> list[Any]:
         """`Engine.run` spread over every device's worker; outputs in input order."""
         if not items:
@@ -268,10 +278,11 @@ class ProcessDevicePool:
             if self.closed:
                 raise RuntimeError(f"the workers for {', '.join(self.devices)} have stopped; load the model again")
             self._check_alive()
-            return self._run(items, max_length, options, truncate, token_budget or self.token_budget, show_progress)
+            return self._run(items, max_length, options, truncate, token_budget or self.token_budget, show_progress,
+                             on_batch)
 
     def _run(self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int,
-             show_progress: bool) -> list[Any]:
+             show_progress: bool, on_batch: Callable[[list[int], list[Any]], None] | None) -> list[Any]:
         call = next(self._calls)
         if not truncate:  # every input is checked before any work starts, as on one device
             _check_lengths(self.scheduler.tokenize(items, max_length, options), max_length)
@@ -292,12 +303,11 @@ class ProcessDevicePool:
         feeder.start()
 
         def place(worker: int, indices: list[int], message: tuple) -> None:
-            for index, output in zip(indices, read_message(message, self._readers[worker])):
-                results[index] = output
+            place_rows(results, indices, read_message(message, self._readers[worker]), on_batch)
 
         remaining = len(items)
-        # Outputs are copied out and unpickled on one thread per worker (in that worker's order, as
-        # its ring needs): the copies release the GIL, so two workers' batches are read at once.
+        # Outputs are copied out and built into rows on one thread per worker (in that worker's order,
+        # as its ring needs): the copies release the GIL, so two workers' batches are read at once.
         readers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix="bge-read") for _ in self.devices]
         placed: list[Future] = []
         try:

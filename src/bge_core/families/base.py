@@ -8,6 +8,7 @@ devices, input order — belongs to the engine and is written once.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,11 +55,14 @@ class Pending:
     """A head's device outputs on their way to the host.
 
     The copies to pinned host memory are queued without waiting, so the engine can launch the next
-    batch's forward before this one is finished; `finish` waits for the copies and turns the arrays
-    into per-row results. On CPU everything is ready at once.
+    batch's forward before this one is finished; `host_outputs` waits for the copies. On CPU
+    everything is ready at once. `build` turns the host arrays into per-row results and must pickle
+    (a module-level function, or a `functools.partial` of one): a device worker sends the arrays
+    and the calling process builds the rows, so per-row Python objects are made once, where they
+    are used.
 
     Example:
-        >>> Pending({"x": torch.ones(2, 3)}, lambda host: list(host["x"])).finish()[0].shape
+        >>> Pending({"x": torch.ones(2, 3)}, split_rows("x")).finish()[0].shape
         (3,)
     """
 
@@ -81,10 +85,55 @@ class Pending:
         else:
             self._host = tensors
 
-    def finish(self) -> list[Any]:
+    def host_outputs(self) -> HostOutputs:
+        """The arrays once copied (waits for the copies) and the function that makes rows of them."""
         if self._event is not None:
             self._event.synchronize()
-        return self._build({k: v.numpy() for k, v in self._host.items()})
+        return HostOutputs({k: v.numpy() for k, v in self._host.items()}, self._build)
+
+    def finish(self) -> list[Any]:
+        return self.host_outputs().rows()
+
+
+@dataclass
+class HostOutputs:
+    """One batch's head outputs as host arrays, with the (picklable) function that turns them into
+    one result per row, in the batch's order.
+
+    Example:
+        >>> HostOutputs({"scores": np.zeros((2, 1))}, split_rows("scores")).rows()[1].shape
+        (1,)
+    """
+
+    arrays: dict[str, np.ndarray]
+    build: Callable[[dict[str, np.ndarray]], list[Any]]
+
+    def rows(self) -> list[Any]:
+        return self.build(self.arrays)
+
+
+def split_rows(key: str) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """A picklable `Pending` build: row i of ``host[key]`` is item i's result.
+
+    Example:
+        >>> split_rows("dense")({"dense": np.eye(2)})[1].tolist()
+        [0.0, 1.0]
+    """
+    return functools.partial(_split_rows, key)
+
+
+def _split_rows(key: str, host: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return list(host[key])
+
+
+def score_rows(scores: torch.Tensor) -> Pending:
+    """Per-row float32 score arrays from a [B, k] tensor, copied to the host without blocking.
+
+    Example:
+        >>> score_rows(torch.tensor([[0.5], [2.0]])).finish()[1].tolist()
+        [2.0]
+    """
+    return Pending({"scores": scores.float()}, split_rows("scores"))
 
 
 _COPY_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
@@ -166,8 +215,8 @@ class Family(ABC):
         """Format and tokenize `items` (the tokenizer lock is held by the caller)."""
 
     @abstractmethod
-    def forward(self, batch: Batch, options: dict[str, Any]) -> list[Any] | Pending:
-        """Run the backbone and the head on one batch; one output per row (or a `Pending` of them)."""
+    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
+        """Run the backbone and the head on one batch: a `Pending` of one output per row."""
 
     def backbone_module(self) -> torch.nn.Module:
         """The transformers backbone whose token states the heads read."""
@@ -180,7 +229,7 @@ class Family(ABC):
             return self.fused_backbone(batch)
         return self.backbone_module()(**batch.backbone_kwargs()).last_hidden_state[0]
 
-    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> list[Any] | Pending:
+    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         """The same outputs as `forward`, from the token states of a packed batch."""
         raise TypeError(f"{type(self).__name__} does not run on packed batches")
 

@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bge_core.engine.inputs import cut
 from bge_core.engine.tokens import decode_ids, encode_ids
-from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, score_rows
 
 
 class CrossEncoderFamily(Family):
@@ -76,4 +76,4 @@ class CrossEncoderFamily(Family):
 
 
 def _scores(logits: torch.Tensor) -> Pending:
-    return Pending({"scores": logits[:, :1].float()}, lambda host: list(host["scores"]))
+    return score_rows(logits[:, :1])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, split_rows
 from bge_core.families.text import tokenize_texts
 
 _ENCODERS_WITH_POOLER = {"bert", "xlm-roberta", "roberta"}
@@ -91,4 +91,4 @@ class DenseFamily(Family):
         vectors = vectors.float()
         if options.get("normalize", self.spec.normalize):
             vectors = F.normalize(vectors, dim=-1)
-        return Pending({"dense": vectors}, lambda host: list(host["dense"]))
+        return Pending({"dense": vectors}, split_rows("dense"))

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from bge_core.families.base import Batch, Pending
-from bge_core.families.llm_reranker import OwnModelRerankerFamily, score_rows
+from bge_core.families.base import Batch, Pending, score_rows
+from bge_core.families.llm_reranker import OwnModelRerankerFamily
 from bge_core.models.minicpm_layerwise import LayerwiseMiniCPMReranker
 
 

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bge_core.engine.inputs import cut
 from bge_core.errors import ModelLoadError
-from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, score_rows
 
 DEFAULT_PROMPT = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the query "
@@ -151,11 +151,6 @@ class LLMRerankerFamily(Family):
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return score_rows(logits[:, None])
-
-
-def score_rows(scores: torch.Tensor) -> Pending:
-    """Per-row float32 score arrays from a [B, k] tensor, copied to the host without blocking."""
-    return Pending({"scores": scores.float()}, lambda host: list(host["scores"]))
 
 
 class OwnModelRerankerFamily(Family):

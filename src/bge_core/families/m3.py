@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from itertools import islice
@@ -107,26 +108,7 @@ class M3Family(DenseFamily):
             vecs = F.normalize(self.colbert_linear(tokens.hidden).float(), dim=-1)
             # Half-precision runs hand back float16 vectors (as FlagEmbedding does): half the bytes to copy.
             out["colbert"] = vecs if tokens.hidden.dtype == torch.float32 else vecs.half()
-        lengths = tokens.lengths
-        vocab = int(self.model.config.vocab_size)
-
-        def build(host: dict[str, np.ndarray]) -> list[M3Row]:
-            dense = host.get("dense")
-            sparse = _lexical_dicts(host, len(lengths), vocab) if "sparse_keys" in host else None
-            colbert = None
-            if "colbert" in host:
-                starts = np.cumsum([0, *lengths[:-1]])
-                colbert = [host["colbert"][s + 1 : s + n] for s, n in zip(starts, lengths)]
-            return [
-                M3Row(
-                    dense=None if dense is None else dense[i],
-                    lexical_weights=None if sparse is None else sparse[i],
-                    colbert_vectors=None if colbert is None else colbert[i],
-                )
-                for i in range(len(lengths))
-            ]
-
-        return Pending(out, build)
+        return Pending(out, functools.partial(_m3_rows, tokens.lengths, int(self.model.config.vocab_size)))
 
     def _lexical_weights(self, tokens: Tokens, reading_order: bool = False) -> dict[str, torch.Tensor]:
         """Per (text, token id) the max weight, as sorted keys; special ids and weights <= 0 dropped.
@@ -151,6 +133,24 @@ class M3Family(DenseFamily):
             out["sparse_first"] = torch.full_like(keys, keys.shape[0]).scatter_reduce_(
                 0, segment, order, reduce="amin", include_self=False)
         return out
+
+
+def _m3_rows(lengths: list[int], vocab: int, host: dict[str, np.ndarray]) -> list[M3Row]:
+    """One `M3Row` per text from a batch's host arrays (ColBERT rows are views, CLS dropped)."""
+    dense = host.get("dense")
+    sparse = _lexical_dicts(host, len(lengths), vocab) if "sparse_keys" in host else None
+    colbert = None
+    if "colbert" in host:
+        starts = np.cumsum([0, *lengths[:-1]])
+        colbert = [host["colbert"][s + 1 : s + n] for s, n in zip(starts, lengths)]
+    return [
+        M3Row(
+            dense=None if dense is None else dense[i],
+            lexical_weights=None if sparse is None else sparse[i],
+            colbert_vectors=None if colbert is None else colbert[i],
+        )
+        for i in range(len(lengths))
+    ]
 
 
 def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int) -> list[dict[int, float]]:
