@@ -4,6 +4,7 @@
     python bench/probe_gpu.py cudnn      # cuDNN attention on long documents padded to 256-token buckets
     python bench/probe_gpu.py e2e        # end-to-end timings, plus GPU busy time and gaps from a profile
     python bench/probe_gpu.py host       # where the calling thread's time goes in one call
+    python bench/probe_gpu.py epilogue   # feed-forward GELU inside the up-projection GEMM (cuBLASLt) vs after it
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
 """
@@ -312,6 +313,58 @@ def host_breakdown():
     run("rerank", lambda: rr.score(pairs))
 
 
+def gelu_epilogue():
+    """The encoder layer with the up-projection's GELU applied in the GEMM's epilogue (cuBLASLt, the
+    tanh form of GELU) instead of a separate pass over the [T, 4096] activations: one layer's GPU time,
+    the difference in its output, and end-to-end passages with each."""
+    import torch.nn.functional as F
+
+    from bge_core import Embedder
+    from bge_core.models import encoder
+
+    def with_epilogue(attn, x, w_out, b_out, g_attn, b_attn, w_up, b_up, w_down, b_down, g_ffn, b_ffn, eps):
+        d = x.shape[-1]
+        h = F.layer_norm(F.linear(attn, w_out, b_out) + x, (d,), g_attn, b_attn, eps)
+        y = F.linear(torch._addmm_activation(b_up, h, w_up.t(), use_gelu=True), w_down, b_down)
+        return F.layer_norm(y + h, (d,), g_ffn, b_ffn, eps)
+
+    variants = {"separate": encoder.POST_ATTENTION, "epilogue": encoder._Compiled(with_epilogue)}
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape, scale=0.02):
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).bfloat16()
+
+    d, f, tokens = 1024, 4096, 65536
+    args = (rand(tokens, d, scale=1.0), rand(tokens, d, scale=1.0), rand(d, d), rand(d), 1 + rand(d), rand(d),
+            rand(f, d), rand(f), rand(d, f), rand(d), 1 + rand(d), rand(d), 1e-5)
+    with torch.inference_mode():
+        outs = {}
+        for name, fn in variants.items():
+            say(f"layer post-attention {name} ms (65,536 tokens)", gpu_ms(lambda fn=fn: fn(*args)))
+            outs[name] = fn(*args).float()
+        say("layer output max abs diff", float((outs["separate"] - outs["epilogue"]).abs().max()))
+    path = W.build_m3(f"{CK}/m3")
+    texts = W.passages()
+    tokens = W.words(texts) + 2 * len(texts)
+    emb = Embedder(path, device="cuda:0", dtype="bf16", reuse_outputs=False)
+    fused = emb.loaded.family.fused_backbone
+    results = {}
+    for name in ("separate", "epilogue", "separate", "epilogue"):
+        fused.post = variants[name]
+        emb.encode(texts[:256], max_length=512)
+        for mode, kw in {"dense": {}, "all3": dict(sparse=True, colbert=True)}.items():
+            s = wall(lambda kw=kw: emb.encode(texts, max_length=512, **kw))
+            say(f"e2e passages {mode} {name}", dict(s=s, ktok_s=tokens / s / 1e3))
+        results[name] = emb.encode(texts[:2000], max_length=512, sparse=True, colbert=True)
+    a, b = results["separate"], results["epilogue"]
+    say("dense min cos", float((a.dense * b.dense).sum(1).min()))
+    cos = [float((x.astype("float32") * y.astype("float32")).sum(1).min()) for x, y in
+           zip(a.colbert_vectors, b.colbert_vectors)]
+    say("colbert min cos", min(cos))
+    say("sparse max abs diff", max(abs(x[k] - y.get(k, 0.0)) for x, y in zip(a.lexical_weights, b.lexical_weights)
+                                   for k in x))
+
+
 def main():
     parts = sys.argv[1].split(",") if len(sys.argv) > 1 else ["attn", "e2e"]
     if "attn" in parts:
@@ -322,6 +375,8 @@ def main():
         end_to_end()
     if "host" in parts:
         host_breakdown()
+    if "epilogue" in parts:
+        gelu_epilogue()
     with open(f"{OUT}/probe.json", "w") as fh:
         json.dump(LOG, fh, indent=1)
 
