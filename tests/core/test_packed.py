@@ -264,3 +264,23 @@ def test_a_batch_travels_as_host_arrays_and_builds_the_same_rows_after_pickling(
             assert got.lexical_weights == want.lexical_weights
         else:
             np.testing.assert_array_equal(got, want)
+
+
+def test_the_gelu_in_gemm_layer_computes_the_same_layer(monkeypatch):
+    """The encoder layer with its feed-forward GELU in the up-projection GEMM (what CUDA half precision
+    runs) against the plain layer, in float32 on CPU: the same layer (argument order, transposes). On
+    CPU the op applies exact GELU; CUDA's epilogue uses the tanh form (tests/gpu compares it)."""
+    monkeypatch.setenv("BGE_CORE_COMPILE", "0")
+    from bge_core.models.encoder import POST_ATTENTION
+
+    g = torch.Generator().manual_seed(0)
+    d, f, tokens = 32, 128, 50
+
+    def rand(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    args = (rand(tokens, d, scale=1.0), rand(tokens, d, scale=1.0), rand(d, d), rand(d), 1 + rand(d), rand(d),
+            rand(f, d), rand(f), rand(d, f), rand(d), 1 + rand(d), rand(d), 1e-5)
+    exact, in_gemm = POST_ATTENTION(*args, False), POST_ATTENTION(*args, True)
+    assert exact.shape == (tokens, d)
+    torch.testing.assert_close(in_gemm, exact, atol=1e-5, rtol=1e-5)

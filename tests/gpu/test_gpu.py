@@ -190,7 +190,7 @@ def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_tex
         model = Reranker(gpu_checkpoints[name], device="cuda", dtype=dtype) if name == "ce" else \
             Embedder(gpu_checkpoints[name], device="cuda", dtype=dtype, reuse_outputs=False)
         engine = model.loaded.engine
-        assert isinstance(engine.family.fused_backbone, FusedEncoder)
+        assert isinstance(engine.family.fused_backbone, FusedEncoder) and engine.family.fused_backbone.gelu_in_gemm
         texts = parity_texts if name != "ce" else [(parity_texts[0], t) for t in parity_texts]
         with torch.inference_mode():
             batch = engine._pack(engine.tokenize(texts * 8, 512, {}))
