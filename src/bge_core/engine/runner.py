@@ -96,7 +96,15 @@ def _chunks(items: list[Any]) -> list[tuple[int, list[Any]]]:
 
 def place_rows(results: list[Any], indices: list[int], parts: list[HostOutputs],
                on_batch: Callable[[list[int], list[Any]], None] | None) -> None:
-    """Build a batch's rows from its host outputs, put them at their input indices, tell `on_batch`."""
+    """Build a batch's rows from its host outputs, put them at their input indices, tell `on_batch`.
+
+    Example:
+        >>> from bge_core.families.base import split_rows
+        >>> results = [None, None]
+        >>> place_rows(results, [1, 0], [HostOutputs({"x": np.eye(2)}, split_rows("x"))], None)
+        >>> results[1].tolist()
+        [1.0, 0.0]
+    """
     rows = [row for part in parts for row in part.rows()]
     for index, row in zip(indices, rows):
         results[index] = row
