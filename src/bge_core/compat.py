@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -173,12 +172,9 @@ class BGEM3FlagModel(FlagModel):
             sparse=self.return_sparse if sparse is None else sparse,
             colbert=self.return_colbert_vecs if colbert is None else colbert,
             instruction=instruction, instruction_format=instruction_format, max_length=max_length,
-            _options={"reading_order": True},
+            _options={"reading_order": True, "flagembedding_types": True},
         )
-        lexical = None
-        if out.lexical_weights is not None:
-            lexical = [_str_keyed(w) for w in out.lexical_weights]
-        result = {"dense_vecs": out.dense, "lexical_weights": lexical, "colbert_vecs": out.colbert_vectors}
+        result = {"dense_vecs": out.dense, "lexical_weights": out.lexical_weights, "colbert_vecs": out.colbert_vectors}
         return {k: None if v is None else _unwrap(v, single) for k, v in result.items()}
 
     def encode(self, sentences: str | list[str], batch_size: int | None = None, max_length: int | None = None,
@@ -248,13 +244,6 @@ class BGEM3FlagModel(FlagModel):
             for key, value in row.items():
                 scores.setdefault(key, []).append(value)
         return {k: v[0] for k, v in scores.items()} if single else scores
-
-
-def _str_keyed(weights: dict[int, float]) -> defaultdict:
-    out: defaultdict = defaultdict(int)
-    for token, w in weights.items():
-        out[str(token)] = np.float32(w)
-    return out
 
 
 class FlagReranker:

@@ -86,6 +86,11 @@ def test_device_pool_spreads_batches_and_keeps_order(m3_path, parity_texts):
         np.testing.assert_allclose(a, b, atol=1e-5)
     for a, b in zip(got.lexical_weights, want.lexical_weights, strict=True):
         assert set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+    # The compat classes' lexical format (built in this process from the workers' arrays).
+    flag = {"reading_order": True, "flagembedding_types": True}
+    got, want = (m.encode(texts[:16], dense=False, sparse=True, _options=flag) for m in (pool, single))
+    for a, b in zip(got.lexical_weights, want.lexical_weights, strict=True):
+        assert list(a) == list(b) and all(type(k) is str and type(a[k]) is np.float32 for k in a)
 
 
 def test_device_pool_errors_reach_the_caller_and_workers_stay_usable(dense_path, parity_texts):

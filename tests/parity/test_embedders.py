@@ -41,6 +41,8 @@ def test_m3_encode_all_outputs(fe_m3, our_m3, parity_texts, max_length):
     assert_dense_parity(ours["dense_vecs"], theirs["dense_vecs"])
     for i, (a, b) in enumerate(zip(ours["lexical_weights"], theirs["lexical_weights"], strict=True)):
         assert set(a) == set(b), f"lexical keys differ for text {i}"
+        assert list(a) == list(b), f"lexical keys of text {i} are not in FlagEmbedding's (reading) order"
+        assert type(a) is type(b) and all(type(a[k]) is type(b[k]) for k in a)  # defaultdict, str → np.float32
         for key in a:
             assert abs(float(a[key]) - float(b[key])) <= TOL
     for a, b in zip(ours["colbert_vecs"], theirs["colbert_vecs"], strict=True):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -56,9 +57,11 @@ def load_linear_head(path: str, in_features: int, out_features: int | None = Non
 
 
 class M3Family(DenseFamily):
-    """Options: ``dense``, ``sparse``, ``colbert`` (bools), ``normalize`` and ``reading_order``
+    """Options: ``dense``, ``sparse``, ``colbert`` (bools), ``normalize``, ``reading_order``
     (lexical-weight dicts in the order their tokens first occur, as FlagEmbedding builds them;
-    otherwise in token-id order, which costs less)."""
+    otherwise in token-id order, which costs less) and ``flagembedding_types`` (lexical weights as
+    FlagEmbedding types them: ``defaultdict(int)`` of str token id → ``np.float32``; built with the
+    rows, so on several devices off the call's critical path)."""
 
     def __init__(self, tokenizer: Any, model: torch.nn.Module, spec: Any, colbert: torch.nn.Linear,
                  sparse: torch.nn.Linear) -> None:
@@ -108,7 +111,8 @@ class M3Family(DenseFamily):
             vecs = F.normalize(self.colbert_linear(tokens.hidden).float(), dim=-1)
             # Half-precision runs hand back float16 vectors (as FlagEmbedding does): half the bytes to copy.
             out["colbert"] = vecs if tokens.hidden.dtype == torch.float32 else vecs.half()
-        return Pending(out, functools.partial(_m3_rows, tokens.lengths, int(self.model.config.vocab_size)))
+        return Pending(out, functools.partial(_m3_rows, tokens.lengths, int(self.model.config.vocab_size),
+                                              bool(options.get("flagembedding_types"))))
 
     def _lexical_weights(self, tokens: Tokens, reading_order: bool = False) -> dict[str, torch.Tensor]:
         """Per (text, token id) the max weight, as sorted keys; special ids and weights <= 0 dropped.
@@ -135,10 +139,10 @@ class M3Family(DenseFamily):
         return out
 
 
-def _m3_rows(lengths: list[int], vocab: int, host: dict[str, np.ndarray]) -> list[M3Row]:
+def _m3_rows(lengths: list[int], vocab: int, flagembedding_types: bool, host: dict[str, np.ndarray]) -> list[M3Row]:
     """One `M3Row` per text from a batch's host arrays (ColBERT rows are views, CLS dropped)."""
     dense = host.get("dense")
-    sparse = _lexical_dicts(host, len(lengths), vocab) if "sparse_keys" in host else None
+    sparse = _lexical_dicts(host, len(lengths), vocab, flagembedding_types) if "sparse_keys" in host else None
     colbert = None
     if "colbert" in host:
         starts = np.cumsum([0, *lengths[:-1]])
@@ -153,7 +157,7 @@ def _m3_rows(lengths: list[int], vocab: int, host: dict[str, np.ndarray]) -> lis
     ]
 
 
-def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int) -> list[dict[int, float]]:
+def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int, flagembedding_types: bool = False) -> list[dict]:
     keys = host["sparse_keys"][host["sparse_opens"]]
     best = host["sparse_best"][: len(keys)]
     real = keys < n * vocab
@@ -163,6 +167,9 @@ def _lexical_dicts(host: dict[str, np.ndarray], n: int, vocab: int) -> list[dict
         keys, best = keys[reorder], best[reorder]
     counts = np.diff(np.searchsorted(keys // vocab, np.arange(n + 1))).tolist()
     # One pass over shared iterators: no per-text slice copies of the id and weight lists.
+    if flagembedding_types:
+        ids, values = map(str, (keys % vocab).tolist()), iter(best)  # iterating float32 gives np.float32
+        return [defaultdict(int, zip(islice(ids, c), islice(values, c))) for c in counts]
     ids, values = iter((keys % vocab).tolist()), iter(best.tolist())
     return [dict(zip(islice(ids, c), islice(values, c))) for c in counts]
 
