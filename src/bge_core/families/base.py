@@ -62,7 +62,7 @@ class Pending:
     are used.
 
     Example:
-        >>> Pending({"x": torch.ones(2, 3)}, split_rows("x")).finish()[0].shape
+        >>> Pending({"x": torch.ones(2, 3)}, split_rows("x")).host_outputs().rows()[0].shape
         (3,)
     """
 
@@ -90,9 +90,6 @@ class Pending:
         if self._event is not None:
             self._event.synchronize()
         return HostOutputs({k: v.numpy() for k, v in self._host.items()}, self._build)
-
-    def finish(self) -> list[Any]:
-        return self.host_outputs().rows()
 
 
 @dataclass
@@ -130,7 +127,7 @@ def score_rows(scores: torch.Tensor) -> Pending:
     """Per-row float32 score arrays from a [B, k] tensor, copied to the host without blocking.
 
     Example:
-        >>> score_rows(torch.tensor([[0.5], [2.0]])).finish()[1].tolist()
+        >>> score_rows(torch.tensor([[0.5], [2.0]])).host_outputs().rows()[1].tolist()
         [2.0]
     """
     return Pending({"scores": scores.float()}, split_rows("scores"))

@@ -6,9 +6,9 @@ memory traffic is ~8% of an H200's time (bench/probe_gpu.py). Here one GEMM comp
 PyTorch's varlen flash kernel does attention, the feed-forward's GELU runs inside its up-projection
 GEMM, and the rest of the layer (output projection, residual, LayerNorm, feed-forward, residual,
 LayerNorm) is one `torch.compile`d function with a dynamic token count, so residual adds fuse into
-the LayerNorms. The weights are the model's own
-(Q/K/V concatenated once); the math is the same up to bf16/fp16 rounding. Where compilation is not
-available (no Triton, no compiler), the same function runs eagerly.
+the LayerNorms. The weights are the model's own (Q/K/V concatenated once); the math is the same up
+to bf16/fp16 rounding. Where compilation is not available (no Triton, no compiler), the same
+function runs eagerly.
 """
 
 from __future__ import annotations
