@@ -20,7 +20,7 @@ from haystack.components.writers import DocumentWriter
 from haystack.utils import ComponentDevice
 from milvus_haystack import MilvusDocumentStore, MilvusHybridRetriever
 
-from bge_core.demo import QUERIES, load_corpus
+from bge_cli.demo import QUERIES, load_corpus
 from bge_haystack import (
     BGEDocumentEmbedder,
     BGERanker,

@@ -22,7 +22,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable, RunnableLambda, RunnablePassthrough
 from langchain_milvus import Milvus
 
-from bge_core.demo import QUERIES, load_corpus
+from bge_cli.demo import QUERIES, load_corpus
 from bge_langchain import BGEEmbeddings, BGEM3SparseEmbeddings, BGEReranker
 
 PROMPT = ChatPromptTemplate.from_messages([

@@ -24,7 +24,7 @@ from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.schema import NodeWithScore
 from llama_index.vector_stores.milvus import MilvusVectorStore
 
-from bge_core.demo import QUERIES, load_corpus
+from bge_cli.demo import QUERIES, load_corpus
 from bge_llamaindex import BGEEmbedding, BGEM3SparseEmbeddingFunction, BGEReranker
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from bge_cli.demo import QUERIES, load_corpus
 from bge_core import Reranker
-from bge_core.demo import QUERIES, load_corpus
 from bge_milvus import RRF, Hit, HybridCollection, Weighted
 
 

@@ -267,11 +267,21 @@ def _load_on_devices(name_or_path: str, devices: list[Any], **kwargs: Any) -> Lo
             load_kwargs = dict(name_or_path=scheduler.path, dtype=torch_dtype, family=scheduler.spec.family,
                                packed=packed)
             budget = DEFAULT_TOKEN_BUDGET.get(torch_devices[0].type, 16384)
-            pool = ProcessDevicePool(scheduler.engine, load_kwargs, [str(d) for d in torch_devices], packed, budget)
+            pool = ProcessDevicePool(scheduler.engine, load_engine, load_kwargs, [str(d) for d in torch_devices],
+                                     packed, budget)
             loaded = LoadedModel(path=scheduler.path, spec=scheduler.spec, family=scheduler.family, engine=pool,
                                  memo=OutputMemo())
             _POOLS[key] = loaded
     return loaded
+
+
+def load_engine(name_or_path: str, **kwargs: Any) -> Engine:
+    """The engine of `load_model(name_or_path, **kwargs)`: what a device worker process runs.
+
+    Example:
+        >>> engine = load_engine("BAAI/bge-small-en-v1.5", device="cuda:1", dtype="bf16")
+    """
+    return load_model(name_or_path, **kwargs).engine
 
 
 _POOLS: dict[tuple, LoadedModel] = {}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from bge_core.cli import main
-from bge_core.demo import load_corpus
+from bge_cli.demo import load_corpus
+from bge_cli.main import main
 
 
 def bge(*args: str, **kwargs) -> Result:

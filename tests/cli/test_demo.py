@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bge_cli.demo import BANNER, COLLECTION, QUERIES, load_corpus
 from bge_core import Reranker, tiny
-from bge_core.demo import BANNER, COLLECTION, QUERIES, load_corpus
 from bge_milvus import HybridCollection
 from tests.cli.conftest import assert_error_line, bge
 
@@ -83,7 +83,7 @@ def test_no_fallback_and_bad_local_paths_are_errors(db, tmp_path, cross_encoder_
 def test_console_script_runs_the_main_job_in_a_fresh_process(tmp_path, tiny_cache):
     """`bge demo` as installed, with no hub: the probe notices within seconds and the fallback runs."""
     script = shutil.which("bge", path=os.path.dirname(sys.executable))
-    command = [script, "demo"] if script else [sys.executable, "-m", "bge_core.cli", "demo"]
+    command = [script, "demo"] if script else [sys.executable, "-m", "bge_cli.main", "demo"]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k not in ("HF_HUB_OFFLINE",)}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", BGE_PLUGINS_CACHE=str(tiny_cache))  # nothing listens on port 9
     proc = subprocess.run(command + ["--db", str(tmp_path / "demo.db"), "--device", "cpu"], capture_output=True,

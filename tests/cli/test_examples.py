@@ -11,8 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from bge_cli.demo import load_corpus
 from bge_core import Reranker
-from bge_core.demo import load_corpus
 from tests.cli.conftest import release_lite
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -1,4 +1,4 @@
-"""`bge_core.io`: streaming readers with file:line errors, atomic writers, terminal tables."""
+"""`bge_cli.io`: streaming readers with file:line errors, atomic writers, terminal tables."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bge_core.io import (
+from bge_cli.io import (
     InputError,
     NpySink,
     atomic_output,

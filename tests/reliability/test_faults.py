@@ -160,8 +160,8 @@ def test_bge_encode_on_a_full_disk_leaves_no_partial_output(m3_path, encode_inpu
     pytest.importorskip("click")
     from click.testing import CliRunner
 
-    from bge_core import io
-    from bge_core.cli import main
+    from bge_cli import io
+    from bge_cli.main import main
 
     out_dir = tmp_path / "out"
     out_dir.mkdir()

@@ -75,8 +75,8 @@ def _shares(items: list[Any], workers: int) -> Iterator[tuple[int, list[Any], bo
         start, remaining = end, remaining - chars
 
 
-def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: Any, results: Any,
-                 released: Any) -> None:
+def _worker_main(load_engine: Callable[..., Any], load_kwargs: dict[str, Any], worker: int, device: str,
+                 jobs: Any, results: Any, released: Any) -> None:
     """A worker process: load the model on `device`, then tokenize, batch and run every chunk of
     input taken from `jobs`.
 
@@ -84,10 +84,8 @@ def _worker_main(load_kwargs: dict[str, Any], worker: int, device: str, jobs: An
     works, two batches queued on it while the host finishes the previous one); the stream ends when
     no chunk of the call comes within NEXT_CHUNK_WAIT.
     """
-    from bge_core.loading import load_model
-
     try:
-        engine = load_model(**load_kwargs, device=device).engine
+        engine = load_engine(**load_kwargs, device=device)
         torch.set_grad_enabled(False)
     except BaseException as error:  # noqa: BLE001 - reported to the caller, which raises it
         results.put(("failed", worker, _portable(error)))
@@ -194,14 +192,17 @@ class ProcessDevicePool:
 
     `scheduler` is an engine loaded in this process (on the CPU) that never runs the model: it
     checks lengths when truncation is off and answers `tokenize`; the workers tokenize their chunks.
+    `load_engine(**load_kwargs, device=…)` (a module-level function, so it pickles) loads each worker's
+    engine; the loader is passed in so that this module never imports `bge_core.loading`.
 
     Example:
-        >>> pool = ProcessDevicePool(scheduler, dict(name_or_path=path, dtype="bf16"), ["cuda:0", "cuda:1"])
+        >>> pool = ProcessDevicePool(scheduler, load_engine, dict(name_or_path=path, dtype="bf16"),
+        ...                          ["cuda:0", "cuda:1"], packed=True, token_budget=65536)
         >>> outputs = pool.run(texts, max_length=512, options={}, truncate=True, token_budget=None)
     """
 
-    def __init__(self, scheduler: Any, load_kwargs: dict[str, Any], devices: list[str], packed: bool,
-                 token_budget: int) -> None:
+    def __init__(self, scheduler: Any, load_engine: Callable[..., Any], load_kwargs: dict[str, Any],
+                 devices: list[str], packed: bool, token_budget: int) -> None:
         self.scheduler = scheduler
         self.devices = [str(d) for d in devices]
         self.device = torch.device(self.devices[0])
@@ -219,7 +220,7 @@ class ProcessDevicePool:
         self._released = [context.RawValue("Q", 0) for _ in self.devices]  # each worker's ring, copied out
         self._readers: list[RingReader | None] = [None] * len(self.devices)
         self._processes = [
-            context.Process(target=_worker_main, args=(load_kwargs, i, d, self._jobs, self._results,
+            context.Process(target=_worker_main, args=(load_engine, load_kwargs, i, d, self._jobs, self._results,
                                                        self._released[i]), daemon=True, name=f"bge-device-{d}")
             for i, d in enumerate(self.devices)
         ]

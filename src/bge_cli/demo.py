@@ -1,14 +1,14 @@
 """`bge demo`: the main job end to end — index a multilingual corpus into Milvus Lite, hybrid search, rerank.
 
 The corpus (42 short factual passages in 16 languages, written for this project) ships with the
-package as ``bge_core/data/demo_corpus.jsonl``. The default models are BAAI/bge-m3 and
+package as ``bge_cli/data/demo_corpus.jsonl``. The default models are BAAI/bge-m3 and
 BAAI/bge-reranker-v2-m3, downloaded by huggingface_hub. When they cannot be had (no network, no
 cache), the demo says so in one line and runs the same pipeline on tiny random checkpoints built on
 the spot (`bge_core.tiny`), under a banner saying the results are meaningless: the run still proves
 that the installation works.
 
 Example:
-    >>> from bge_core.demo import run_demo
+    >>> from bge_cli.demo import run_demo
     >>> report = run_demo(db="./bge-demo.db")
     >>> report.queries[0].hits[0].id
     'zh-01'
@@ -28,8 +28,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlparse
 
+from bge_cli.io import Record, excerpt, format_table, read_records
 from bge_core.errors import ModelLoadError
-from bge_core.io import Record, excerpt, format_table, read_records
 
 DEFAULT_MODEL = "BAAI/bge-m3"
 DEFAULT_RERANKER = "BAAI/bge-reranker-v2-m3"
@@ -54,7 +54,7 @@ def load_corpus() -> list[Record]:
         >>> len(load_corpus()), load_corpus()[0].id
         (42, 'en-01')
     """
-    source = resources.files("bge_core").joinpath("data", "demo_corpus.jsonl")
+    source = resources.files("bge_cli").joinpath("data", "demo_corpus.jsonl")
     with resources.as_file(source) as path:
         return list(read_records(path))
 
