@@ -10,7 +10,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
-#: What `bge_core` must never import: the adapters, the applications, frameworks, Milvus, HTTP, Ray, click, file formats.
+#: What `bge_core` must never import: adapters, applications, frameworks, Milvus, HTTP, Ray, click, file formats.
 FORBIDDEN_IN_CORE = [
     "bge_cli", "bge_server", "bge_ray", "bge_eval",
     "bge_milvus", "bge_langchain", "bge_llamaindex", "bge_haystack", "haystack_integrations",
