@@ -15,7 +15,7 @@ from bge_core.loading import clear_cache, load_model
 from bge_core.registry import KNOWN_MODELS, LLM_EMBEDDER_INSTRUCTIONS, ModelSpec
 from bge_core.reranker import Reranker
 from bge_core.scoring import colbert_score, combine_scores, lexical_matching_score
-from bge_core.types import Embeddings, RerankHit
+from bge_core.types import Embeddings, RerankHit, Token
 
 __all__ = [
     "KNOWN_MODELS",
@@ -26,6 +26,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSpec",
     "RerankHit",
+    "Token",
     "Reranker",
     "clear_cache",
     "colbert_score",

@@ -35,3 +35,15 @@ class RerankHit:
 
     index: int
     score: float
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of `ModelHandle.tokenize`: its id, its text, whether it is a special token, and the
+    character span ``text[start:stop]`` it came from (``start == stop`` for special tokens)."""
+
+    id: int
+    text: str
+    special: bool
+    start: int
+    stop: int
