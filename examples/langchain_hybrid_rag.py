@@ -15,6 +15,9 @@ Needs: pip install 'bge-plugins[langchain,milvus]'
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from langchain_core.documents import Document
@@ -31,25 +34,47 @@ PROMPT = ChatPromptTemplate.from_messages([
 ])
 
 
+class _NoAsyncClientWarning(logging.Filter):
+    """Drops langchain-milvus's warning that it could not make an async client outside an event loop."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "AsyncMilvusClient" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def sync_store_construction() -> Iterator[None]:
+    """langchain-milvus makes an async client beside the sync one in `Milvus(...)`; outside a running event
+    loop that fails and it logs a warning on every construction. This script only calls the synchronous
+    methods, so the warning says nothing here: it is filtered while the store is made, and only then."""
+    store_logger = logging.getLogger("langchain_milvus.vectorstores.milvus")
+    quiet = _NoAsyncClientWarning()
+    store_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        store_logger.removeFilter(quiet)
+
+
 def build_store(model: str, uri: str, device: str | None = None) -> Milvus:
     """A fresh hybrid (dense + sparse) langchain-milvus store holding the demo corpus."""
     dense = BGEEmbeddings(model_name=model, device=device)
     sparse = BGEM3SparseEmbeddings(model_name=model, device=device)  # same weights as `dense`
-    store = Milvus(
-        embedding_function=[dense, sparse],
-        vector_field=["dense", "sparse"],
-        # Inner product on both fields (BGE vectors are normalised); explicit sparse parameters
-        # because Milvus Lite accepts only SPARSE_INVERTED_INDEX and no drop ratio.
-        index_params=[
-            {"index_type": "FLAT", "metric_type": "IP"},
-            {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "IP"},
-        ],
-        search_params=[{"metric_type": "IP", "params": {}}, {"metric_type": "IP", "params": {}}],
-        connection_args={"uri": uri},
-        collection_name="bge_langchain_example",
-        auto_id=True,
-        drop_old=True,  # rebuilt on every run
-    )
+    with sync_store_construction():
+        store = Milvus(
+            embedding_function=[dense, sparse],
+            vector_field=["dense", "sparse"],
+            # Inner product on both fields (BGE vectors are normalised); explicit sparse parameters
+            # because Milvus Lite accepts only SPARSE_INVERTED_INDEX and no drop ratio.
+            index_params=[
+                {"index_type": "FLAT", "metric_type": "IP"},
+                {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "IP"},
+            ],
+            search_params=[{"metric_type": "IP", "params": {}}, {"metric_type": "IP", "params": {}}],
+            connection_args={"uri": uri},
+            collection_name="bge_langchain_example",
+            auto_id=True,
+            drop_old=True,  # rebuilt on every run
+        )
     corpus = load_corpus()
     store.add_texts([r.text for r in corpus], metadatas=[{"doc_id": r.id, **r.metadata} for r in corpus])
     return store

@@ -92,3 +92,24 @@ def test_every_example_takes_the_same_options(name):
     for option in ('"--model"', '"--reranker"', '"--uri"', '"--device"', '"--query"'):
         assert option in source, (name, option)
     assert 'if __name__ == "__main__":' in source
+
+
+def test_langchain_example_does_not_log_the_async_client_warning(m3_path, uri, caplog):
+    """langchain-milvus warns on every synchronous `Milvus(...)` that it made no async client; the example's
+    construction filters exactly that record, and the filter is gone afterwards."""
+    import logging
+
+    module = example("langchain_hybrid_rag")
+    with caplog.at_level(logging.WARNING, logger="langchain_milvus"):
+        module.build_store(m3_path, str(uri), device="cpu")
+    assert not [r for r in caplog.records if "AsyncMilvusClient" in r.getMessage()]
+    store_logger = logging.getLogger("langchain_milvus.vectorstores.milvus")
+    assert not store_logger.filters
+    with caplog.at_level(logging.WARNING, logger="langchain_milvus"):  # without the filter it does warn
+        from langchain_milvus import Milvus
+
+        from bge_langchain import BGEEmbeddings
+
+        Milvus(embedding_function=BGEEmbeddings(model_name=m3_path, device="cpu"), connection_args={"uri": str(uri)},
+               collection_name="plain", index_params={"index_type": "FLAT", "metric_type": "IP"}, auto_id=True)
+    assert [r for r in caplog.records if "AsyncMilvusClient" in r.getMessage()]
