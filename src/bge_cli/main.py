@@ -4,6 +4,7 @@
     bge index INPUT --collection NAME [--uri ./bge.db]            BGE-M3 dense + sparse into Milvus
     bge search QUERY --collection NAME [--mode hybrid] [--rerank MODEL] [-k 10] [--json]
     bge demo                                                       the main job on a bundled corpus
+    bge merge MODEL… --weights 0.3,0.7|--data EXAMPLES.jsonl -o OUT   LM-Cocktail model merging
 
 A thin layer: reading and writing files is `bge_cli.io`, models are `bge_core.Embedder` /
 `bge_core.Reranker`, collections are `bge_milvus.HybridCollection`, the demo is `bge_cli.demo`.
@@ -17,6 +18,7 @@ import click
 from bge_cli.commands.demo import demo
 from bge_cli.commands.encode import encode
 from bge_cli.commands.index import index
+from bge_cli.commands.merge import merge
 from bge_cli.commands.search import search
 from bge_cli.common import quiet_libraries
 
@@ -28,7 +30,7 @@ def main() -> None:
     quiet_libraries()
 
 
-for command in (encode, index, search, demo):
+for command in (encode, index, search, demo, merge):
     main.add_command(command)
 
 if __name__ == "__main__":
