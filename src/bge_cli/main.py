@@ -20,6 +20,7 @@ from bge_cli.commands.encode import encode
 from bge_cli.commands.index import index
 from bge_cli.commands.merge import merge
 from bge_cli.commands.search import search
+from bge_cli.commands.serve import serve
 from bge_cli.common import quiet_libraries
 
 
@@ -30,7 +31,7 @@ def main() -> None:
     quiet_libraries()
 
 
-for command in (encode, index, search, demo, merge):
+for command in (encode, index, search, demo, merge, serve):
     main.add_command(command)
 
 if __name__ == "__main__":

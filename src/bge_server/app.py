@@ -1,0 +1,213 @@
+"""`create_app`: the FastAPI application, its gate (API key, payload limit, concurrency limit, metrics)
+and the error handlers that answer in each API's shape."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bge_server import routes_openai, routes_ops, routes_tei
+from bge_server.batcher import ClientGone
+from bge_server.config import ServerConfig
+from bge_server.errors import ApiError, error_response
+from bge_server.metrics import Metrics
+from bge_server.models import ModelSet
+from bge_server.service import Context
+
+log = logging.getLogger("bge_server")
+
+#: Reachable without the API key (TEI's public routes).
+PUBLIC = {("GET", "/health"), ("GET", "/metrics"), ("GET", "/ping"), ("GET", "/")}
+#: A body over the limit is read and thrown away up to this many bytes (so the client, still sending,
+#: gets its 413 instead of a broken pipe); past it the connection is closed.
+DRAIN_LIMIT = 64 << 20
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class Gate:
+    """Pure ASGI middleware in front of every route: API key (401), body size (413, counted as the body
+    arrives, never buffered), requests in flight (429), and the request metrics."""
+
+    def __init__(self, app: ASGIApp, config: ServerConfig, metrics: Metrics) -> None:
+        self.app = app
+        self.config = config
+        self.metrics = metrics
+        self.in_flight = 0
+        self._expected = f"Bearer {config.api_key}".encode() if config.api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        headers = dict(scope["headers"])
+        if self._expected is not None and (method, path) not in PUBLIC:
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self._expected):
+                self.metrics.request_failure.labels("unauthorized").inc()
+                await _drain(receive, DRAIN_LIMIT)
+                await error_response(path, "Unauthorized", "missing or wrong API key (Authorization: Bearer …)")(
+                    scope, receive, send)
+                return
+        if method != "POST":
+            await self.app(scope, receive, send)
+            return
+        limit = self.config.payload_limit
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._too_large(scope, receive, send, int(declared))
+            return
+        if self.in_flight >= self.config.max_concurrent_requests:
+            self.metrics.request_failure.labels("overloaded").inc()
+            await _drain(receive, DRAIN_LIMIT)
+            await error_response(path, "Overloaded", f"{self.in_flight} requests in flight; the limit is "
+                                 f"{self.config.max_concurrent_requests} (--max-concurrent-requests)")(
+                scope, receive, send)
+            return
+        await self._serve(scope, receive, send, limit)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        received = 0
+        started_response = False
+        status = 500
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started_response, status
+            if message["type"] == "http.response.start":
+                started_response = True
+                status = message["status"]
+            await send(message)
+
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        self.metrics.request_count.labels("batch").inc()
+        start = time.perf_counter()
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started_response:
+                await self._too_large(scope, receive, send, None)
+                status = 413
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.dec()
+            self.metrics.request_duration.observe(time.perf_counter() - start)
+            if status < 400:
+                self.metrics.request_success.labels("batch").inc()
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send, size: int | None) -> None:
+        self.metrics.request_failure.labels("payload_too_large").inc()
+        shown = f"{size} bytes" if size is not None else "the body"
+        await _drain(receive, DRAIN_LIMIT)
+        await error_response(scope["path"], "PayloadTooLarge",
+                             f"{shown} > the payload limit of {self.config.payload_limit} bytes")(scope, receive, send)
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    """Read and discard what is left of a request body (at most `limit` bytes; memory O(chunk))."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+def _validation_message(errors: list[Any]) -> tuple[str, int]:
+    if any(e.get("type") == "json_invalid" for e in errors):
+        detail = next(e for e in errors if e.get("type") == "json_invalid")
+        return f"malformed JSON body: {detail.get('ctx', {}).get('error', detail.get('msg'))}", 400
+    parts = []
+    for e in errors[:5]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg')}")
+    return "; ".join(parts), 422
+
+
+def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
+    def failed(request: Request, kind: str, message: str, status: int | None = None) -> Response:
+        metrics.request_failure.labels(kind.lower()).inc()
+        return error_response(request.url.path, kind, message, status)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> Response:
+        return failed(request, error.kind, error.message, error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+        message, status = _validation_message(list(error.errors()))
+        return failed(request, "Validation", message, status)
+
+    @app.exception_handler(ValidationError)
+    async def invalid_body(request: Request, error: ValidationError) -> Response:
+        message, status = _validation_message(list(error.errors()))
+        return failed(request, "Validation", message, status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        kind = "NotFound" if error.status_code in (404, 405) else "Validation"
+        return failed(request, kind, f"{request.method} {request.url.path}: {error.detail}", error.status_code)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone) -> Response:
+        return Response(status_code=499)  # nobody reads it; nginx's code for "client closed request"
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error on %s", request.url.path)
+        return failed(request, "Backend", f"{type(error).__name__}: {error}")
+
+
+def create_app(config: ServerConfig, models: ModelSet | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """The application serving `models` (loaded from `config` when not given).
+
+    Example:
+        >>> app = create_app(ServerConfig(models=["BAAI/bge-small-en-v1.5"]))
+        >>> uvicorn.run(app, port=8080)
+    """
+    metrics = metrics or Metrics()
+    models = models or ModelSet.load(config, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        for batcher in models.batchers:
+            await batcher.start()
+        try:
+            yield
+        finally:
+            for batcher in models.batchers:
+                await batcher.stop()
+
+    app = FastAPI(title="bge serve", version=routes_ops.VERSION, lifespan=lifespan)
+    app.state.context = Context(config, models, metrics)
+    for module in (routes_tei, routes_openai, routes_ops):
+        app.include_router(module.router)
+    _install_handlers(app, metrics)
+    app.add_middleware(Gate, config=config, metrics=metrics)
+    return app

@@ -1,0 +1,223 @@
+"""Continuous batching: requests from every client merged into one engine call per model.
+
+Each request's inputs become jobs (a request larger than `max_items` is cut into several) in one FIFO
+per model. A worker takes the oldest job and every queued job with the same options, up to
+`max_items` inputs, runs one engine call over the merged inputs in a worker thread (never on the event
+loop), and hands each job its slice of the results. While that call runs, new requests queue up and
+form the next merged call. A job whose client has gone before its call starts is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+import time
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+
+from bge_server.errors import ApiError
+from bge_server.metrics import Metrics
+
+#: The engine call of one model: (options key, merged inputs) → one result per input, in order.
+RunFn = Callable[[Hashable, list[Any]], list[Any]]
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its results were ready."""
+
+
+@dataclass
+class _Job:
+    key: Hashable
+    items: list[Any]
+    offset: int  # position of items[0] in its request (error messages name request indices)
+    future: asyncio.Future[list[Any]]
+    queued_at: float = field(default_factory=time.perf_counter)
+    gone: bool = False
+
+
+class MicroBatcher:
+    """Merges concurrent requests of one model into engine calls.
+
+    Args:
+        run: the engine call (runs in one of `workers` threads).
+        max_items: most inputs per engine call; requests larger than this are split.
+        workers: engine calls in flight at once (the engine serializes forwards; a second call
+            tokenizes while the first runs).
+        metrics: where queue and batch figures go.
+
+    Example:
+        >>> batcher = MicroBatcher(lambda key, items: [len(t) for t in items], max_items=512)
+        >>> await batcher.start()
+        >>> await batcher.submit(("dense",), ["a", "bb"])
+        [1, 2]
+    """
+
+    def __init__(self, run: RunFn, *, max_items: int = 512, workers: int = 2, metrics: Metrics | None = None,
+                 name: str = "model") -> None:
+        self._run = run
+        self.max_items = max_items
+        self._workers = workers
+        self._metrics = metrics
+        self._name = name
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._wakeup: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self.dropped = 0  # jobs skipped because their client had gone
+
+    async def start(self) -> None:
+        """Start the worker tasks (on the running event loop)."""
+        self._wakeup = asyncio.Event()
+        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"bge-{self._name}")
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+
+    async def stop(self) -> None:
+        """Stop the workers; jobs still queued fail with Unhealthy."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(ApiError("Unhealthy", "the server is shutting down"))
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    @property
+    def queued(self) -> int:
+        """Inputs waiting for an engine call."""
+        return sum(len(job.items) for job in self._queue)
+
+    async def submit(self, key: Hashable, items: list[Any], request: Request | None = None) -> list[Any]:
+        """Results of `items` (in order) under options `key`, computed with whatever else is queued.
+
+        With a `request`, a client that disconnects while its jobs wait has them dropped and gets
+        `ClientGone`.
+        """
+        if self._wakeup is None:
+            raise ApiError("Unhealthy", "the model's batcher is not running")
+        loop = asyncio.get_running_loop()
+        jobs = [
+            _Job(key, items[start : start + self.max_items], start, loop.create_future())
+            for start in range(0, len(items), self.max_items)
+        ]
+        self._queue.extend(jobs)
+        self._wakeup.set()
+        self._report_queue()
+        gathered = asyncio.gather(*(job.future for job in jobs))
+        if request is None:
+            parts = await gathered
+        else:
+            watcher = asyncio.create_task(_disconnected(request))
+            try:
+                done, _ = await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if gathered not in done:
+                    for job in jobs:
+                        job.gone = True
+                    gathered.cancel()
+                    raise ClientGone()
+                parts = gathered.result()
+            finally:
+                watcher.cancel()
+        return [result for part in parts for result in part]
+
+    def _take(self) -> list[_Job]:
+        """The oldest live job and the queued jobs with its key, up to `max_items` inputs."""
+        while self._queue and self._queue[0].gone:
+            self._drop(self._queue.popleft())
+        if not self._queue:
+            return []
+        first = self._queue.popleft()
+        batch, total, keep = [first], len(first.items), collections.deque()
+        while self._queue and total < self.max_items:
+            job = self._queue.popleft()
+            if job.gone:
+                self._drop(job)
+            elif job.key == first.key and total + len(job.items) <= self.max_items:
+                batch.append(job)
+                total += len(job.items)
+            else:
+                keep.append(job)
+        keep.extend(self._queue)
+        self._queue = keep
+        return batch
+
+    def _drop(self, job: _Job) -> None:
+        self.dropped += 1
+        if self._metrics is not None:
+            self._metrics.dropped.inc()
+        if not job.future.done():
+            job.future.cancel()
+
+    async def _work(self) -> None:
+        assert self._wakeup is not None and self._pool is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = self._take()
+            if not batch:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._report_queue()
+            started = time.perf_counter()
+            items = [item for job in batch for item in job.items]
+            if self._metrics is not None:
+                for job in batch:
+                    self._metrics.queue_duration.observe(started - job.queued_at)
+                self._metrics.batch_size.observe(len(items))
+            try:
+                results = await loop.run_in_executor(self._pool, self._run, batch[0].key, items)
+            except Exception as error:  # noqa: BLE001 - each job gets its own verdict below
+                await self._run_alone(batch, error)
+            else:
+                position = 0
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_result(results[position : position + len(job.items)])
+                    position += len(job.items)
+            if self._metrics is not None:
+                self._metrics.inference_duration.observe(time.perf_counter() - started)
+
+    async def _run_alone(self, batch: list[_Job], error: Exception) -> None:
+        """A merged call failed: one job's bad input (e.g. too long with truncate off) must not fail the
+        others, so each job runs alone and gets its own result or error."""
+        loop = asyncio.get_running_loop()
+        for job in batch:
+            if job.future.done():
+                continue
+            try:
+                result = error if len(batch) == 1 else None
+                if result is None:
+                    result = await loop.run_in_executor(self._pool, self._run, job.key, job.items)
+                if isinstance(result, Exception):
+                    raise result
+                job.future.set_result(result)
+            except Exception as failure:  # noqa: BLE001 - handed to the waiting request
+                job.future.set_exception(_with_offset(failure, job.offset))
+
+    def _report_queue(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_size.labels(self._name).set(self.queued)
+
+
+def _with_offset(error: Exception, offset: int) -> Exception:
+    """Core names indices within the job; shift them to indices of the whole request."""
+    if offset and isinstance(error, ValueError):
+        text = re.sub(r"at index ([\d, …]+)", lambda m: "at index " + re.sub(
+            r"\d+", lambda d: str(int(d.group()) + offset), m.group(1)), str(error))
+        return ValueError(text)
+    return error
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (the request body was already read)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

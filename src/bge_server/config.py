@@ -1,0 +1,58 @@
+"""`ServerConfig`: every setting of `bge serve`, with TEI's defaults where TEI has the same setting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: TEI's `--payload-limit` default, in bytes.
+DEFAULT_PAYLOAD_LIMIT = 2_000_000
+
+
+@dataclass
+class ServerConfig:
+    """What `bge serve` was asked to serve and how.
+
+    Args:
+        models: embedding models (hub ids or local directories); the first answers requests that name no model.
+        rerankers: reranker models, likewise.
+        served_model_names: names for `models` then `rerankers`, in order (missing ones: the id as given).
+        api_key: when set, every route but the health probes and /metrics needs ``Authorization: Bearer KEY``.
+        max_batch_tokens: token budget of one forward batch (default: the engine's per-device choice).
+        max_client_batch_size: most inputs one request may carry; larger requests are split, not refused.
+        max_concurrent_requests: requests in flight at once; the next one gets 429.
+        auto_truncate: cut over-long inputs when a request does not say (TEI's ``truncate: null``).
+        payload_limit: largest request body in bytes (413 past it).
+        batch_items: most inputs merged into one engine call (bigger requests are cut into pieces this size).
+        workers: engine calls in flight per model (tokenizing one while the device runs another).
+
+    Example:
+        >>> ServerConfig(models=["BAAI/bge-m3"], rerankers=["BAAI/bge-reranker-v2-m3"], port=0)
+    """
+
+    models: list[str] = field(default_factory=list)
+    rerankers: list[str] = field(default_factory=list)
+    served_model_names: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_batch_tokens: int | None = None
+    max_client_batch_size: int = 1024
+    max_concurrent_requests: int = 512
+    auto_truncate: bool = True
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    batch_items: int = 512
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.models and not self.rerankers:
+            raise ValueError("nothing to serve: give at least one --model or --reranker")
+        if len(self.served_model_names) > len(self.models) + len(self.rerankers):
+            raise ValueError(
+                f"{len(self.served_model_names)} --served-model-name for "
+                f"{len(self.models) + len(self.rerankers)} models"
+            )
+        for name in ("max_client_batch_size", "max_concurrent_requests", "payload_limit", "batch_items", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -1,0 +1,45 @@
+"""Prometheus metrics, under TEI's ``te_*`` names where TEI has the same figure.
+
+Each app has its own registry, so several servers (tests) can live in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """The server's counters, histograms and gauges.
+
+    Example:
+        >>> metrics = Metrics()
+        >>> metrics.request_count.labels("single").inc()
+        >>> b"te_request_count" in metrics.render()
+        True
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.request_count = Counter("te_request_count", "Inference requests received", ["method"], registry=r)
+        self.request_success = Counter("te_request_success", "Inference requests answered", ["method"], registry=r)
+        self.request_failure = Counter("te_request_failure", "Requests refused or failed", ["err"], registry=r)
+        self.request_duration = Histogram("te_request_duration", "Request time, seconds", buckets=_SECONDS,
+                                          registry=r)
+        self.queue_duration = Histogram("te_request_queue_duration", "Time a job waited for its batch, seconds",
+                                        buckets=_SECONDS, registry=r)
+        self.inference_duration = Histogram("te_request_inference_duration", "Engine call time, seconds",
+                                            buckets=_SECONDS, registry=r)
+        self.input_count = Histogram("te_request_input_length", "Inputs per request", buckets=_SIZES, registry=r)
+        self.batch_size = Histogram("te_batch_next_size", "Inputs per merged engine call", buckets=_SIZES,
+                                    registry=r)
+        self.queue_size = Gauge("te_queue_size", "Inputs waiting for an engine call", ["model"], registry=r)
+        self.in_flight = Gauge("bge_requests_in_flight", "Requests being served", registry=r)
+        self.dropped = Counter("bge_dropped_jobs", "Jobs dropped because their client disconnected", registry=r)
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,157 @@
+"""The models one server process serves, each behind its own `MicroBatcher`, and their engine calls."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from bge_core import Embedder, Reranker
+from bge_server.batcher import MicroBatcher
+from bge_server.config import ServerConfig
+from bge_server.errors import ApiError
+from bge_server.metrics import Metrics
+
+
+class EmbedKey(NamedTuple):
+    """Options that must be equal for requests to share an engine call."""
+
+    prompt: str | None  # None, "query" or "document"
+    normalize: bool
+    truncate: bool
+    dense: bool = True
+    sparse: bool = False
+    colbert: bool = False
+
+
+class EmbedRow(NamedTuple):
+    """One input's outputs (parts not asked for are None)."""
+
+    dense: np.ndarray | None
+    sparse: dict[int, float] | None
+    colbert: np.ndarray | None
+
+
+@dataclass
+class ServedEmbedder:
+    """An embedding model under its served name; `raw` shares its weights without L2 normalisation."""
+
+    name: str
+    model_id: str
+    embedder: Embedder
+    raw: Embedder
+    batcher: MicroBatcher
+
+    kind = "embedding"
+
+    def run(self, key: Hashable, texts: list[str]) -> list[EmbedRow]:
+        """The engine call of merged requests (runs in a worker thread)."""
+        assert isinstance(key, EmbedKey)
+        handle = self.embedder if key.normalize else self.raw
+        encode = {None: handle.encode, "query": handle.encode_queries, "document": handle.encode_documents}[key.prompt]
+        out = encode(texts, dense=key.dense, sparse=key.sparse, colbert=key.colbert, truncate=key.truncate)
+        return [
+            EmbedRow(
+                None if out.dense is None else out.dense[i],
+                None if out.lexical_weights is None else out.lexical_weights[i],
+                None if out.colbert_vectors is None else out.colbert_vectors[i],
+            )
+            for i in range(len(texts))
+        ]
+
+
+@dataclass
+class ServedReranker:
+    """A reranker under its served name."""
+
+    name: str
+    model_id: str
+    reranker: Reranker
+    batcher: MicroBatcher
+
+    kind = "reranker"
+
+    def run(self, key: Hashable, pairs: list[tuple[str, str]]) -> list[float]:
+        """Scores of merged (query, passage) pairs; key = (sigmoid, truncate)."""
+        sigmoid, truncate = key  # type: ignore[misc]
+        scores = self.reranker.score(pairs, normalize=sigmoid, truncate=truncate)
+        if scores.ndim == 2:  # several cutoff layers: the last one decides, as in Reranker.rerank
+            scores = scores[-1]
+        return [float(s) for s in scores]
+
+
+class ModelSet:
+    """Every served model, found by name for each request.
+
+    Example:
+        >>> models = ModelSet.load(ServerConfig(models=["BAAI/bge-m3"]), Metrics())
+        >>> models.embedding(None).name
+        'BAAI/bge-m3'
+    """
+
+    def __init__(self, embedders: list[ServedEmbedder], rerankers: list[ServedReranker]) -> None:
+        self.embedders = embedders
+        self.rerankers = rerankers
+
+    @classmethod
+    def load(cls, config: ServerConfig, metrics: Metrics) -> ModelSet:
+        """Load every model of `config` (weights shared where two entries name the same checkpoint)."""
+        names = list(config.served_model_names)
+        options: dict[str, Any] = {"device": config.device, "dtype": config.dtype,
+                                   "batch_tokens": config.max_batch_tokens}
+        embedders, rerankers = [], []
+        for model_id in config.models:
+            name = names.pop(0) if names else model_id
+            embedder = Embedder(model_id, **options)
+            served = ServedEmbedder(name, model_id, embedder, Embedder(embedder, normalize=False), None)  # type: ignore[arg-type]
+            served.batcher = MicroBatcher(served.run, max_items=config.batch_items, workers=config.workers,
+                                          metrics=metrics, name=name)
+            embedders.append(served)
+        for model_id in config.rerankers:
+            name = names.pop(0) if names else model_id
+            served_rr = ServedReranker(name, model_id, Reranker(model_id, **options), None)  # type: ignore[arg-type]
+            served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items, workers=config.workers,
+                                             metrics=metrics, name=name)
+            rerankers.append(served_rr)
+        seen: set[str] = set()
+        for served_model in [*embedders, *rerankers]:
+            if served_model.name in seen:
+                raise ValueError(f"two models are served as {served_model.name!r}; use --served-model-name")
+            seen.add(served_model.name)
+        return cls(embedders, rerankers)
+
+    @property
+    def batchers(self) -> list[MicroBatcher]:
+        return [m.batcher for m in [*self.embedders, *self.rerankers]]
+
+    def all(self) -> list[ServedEmbedder | ServedReranker]:
+        return [*self.embedders, *self.rerankers]
+
+    def _find(self, name: str | None, kind: str) -> ServedEmbedder | ServedReranker:
+        pool: list[Any] = self.embedders if kind == "embedding" else self.rerankers
+        if name is None or name == "":
+            if not pool:
+                raise ApiError("Backend", f"this server has no {kind} model")
+            return pool[0]
+        for model in self.all():
+            if name in (model.name, model.model_id):
+                if model.kind != kind:
+                    raise ApiError("Validation", f"model {name!r} is a {model.kind} model, not an {kind} model"
+                                   if kind == "embedding" else f"model {name!r} is not a reranker")
+                return model
+        served = ", ".join(repr(m.name) for m in pool) or "none"
+        raise ApiError("ModelNotFound", f"model {name!r} is not served here; {kind} models: {served}")
+
+    def embedding(self, name: str | None) -> ServedEmbedder:
+        """The embedding model called `name` (served name or id), or the first one for None."""
+        found = self._find(name, "embedding")
+        assert isinstance(found, ServedEmbedder)
+        return found
+
+    def reranker(self, name: str | None) -> ServedReranker:
+        """The reranker called `name`, or the first one for None."""
+        found = self._find(name, "reranker")
+        assert isinstance(found, ServedReranker)
+        return found

@@ -1,0 +1,172 @@
+"""Every route's vectors and scores equal the in-process `Embedder` / `Reranker` (fp32 CPU)."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+
+from bge_core import Embedder, Reranker
+from tests.conftest import PARITY_TEXTS
+from tests.server.conftest import Server
+
+TEXTS = list(PARITY_TEXTS)
+QUERY = "What do giant pandas eat?"
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-30)
+
+
+def assert_close(got: list, expected: np.ndarray) -> None:
+    got_array = np.asarray(got, dtype=np.float32)
+    assert got_array.shape == expected.shape
+    assert cosines(got_array, expected).min() >= 0.99999
+
+
+def post(server: Server, path: str, body: dict) -> httpx.Response:
+    response = httpx.post(server.url + path, json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def sparse_dict(items: list[dict]) -> dict[int, np.float32]:
+    return {item["index"]: np.float32(item["value"]) for item in items}
+
+
+def test_embed_dense_normalized_raw_and_single_string(server: Server, m3: Embedder, dense: Embedder) -> None:
+    assert_close(post(server, "/embed", {"inputs": TEXTS}).json(), m3.encode(TEXTS).dense)
+    assert_close(post(server, "/embed", {"inputs": TEXTS, "model": "bge-small"}).json(), dense.encode(TEXTS).dense)
+    raw = post(server, "/embed", {"inputs": TEXTS[:3], "normalize": False}).json()
+    expected_raw = Embedder(m3, normalize=False).encode(TEXTS[:3]).dense
+    assert_close(raw, expected_raw)
+    assert np.allclose(np.linalg.norm(raw, axis=1), np.linalg.norm(expected_raw, axis=1), rtol=1e-5)
+    single = post(server, "/embed", {"inputs": TEXTS[0]}).json()
+    assert len(single) == 1 and len(single[0]) == m3.dim  # 2-D even for one string, as TEI
+
+
+def test_prompt_name_and_dimensions(server: Server, dense: Embedder) -> None:
+    got = post(server, "/embed", {"inputs": ["what is BGE?"], "model": "bge-small", "prompt_name": "query"}).json()
+    assert_close(got, dense.encode_queries(["what is BGE?"]).dense)
+    short = np.asarray(post(server, "/embed", {"inputs": TEXTS[:2], "dimensions": 8}).json())
+    assert short.shape == (2, 8) and np.allclose(np.linalg.norm(short, axis=1), 1, atol=1e-5)
+
+
+def test_root_and_invocations_embed(server: Server, m3: Embedder) -> None:
+    expected = m3.encode(TEXTS[:2]).dense
+    assert_close(post(server, "/", {"inputs": TEXTS[:2]}).json(), expected)
+    assert_close(post(server, "/invocations", {"inputs": TEXTS[:2]}).json(), expected)
+
+
+def test_embed_sparse_is_identical(server: Server, m3: Embedder) -> None:
+    got = post(server, "/embed_sparse", {"inputs": TEXTS}).json()
+    expected = m3.encode(TEXTS, dense=False, sparse=True).lexical_weights
+    assert len(got) == len(expected)
+    for items, weights in zip(got, expected):
+        assert [item["index"] for item in items] == sorted(weights)
+        assert sparse_dict(items) == {k: np.float32(v) for k, v in weights.items()}
+
+
+def test_embed_m3_all_outputs_from_one_call(server: Server, m3: Embedder) -> None:
+    body = {"inputs": TEXTS, "dense": True, "sparse": True, "colbert": True}
+    got = post(server, "/embed_m3", body).json()
+    expected = m3.encode(TEXTS, dense=True, sparse=True, colbert=True)
+    assert_close([row["dense"] for row in got], expected.dense)
+    for row, weights, vectors in zip(got, expected.lexical_weights, expected.colbert_vectors):
+        assert sparse_dict(row["sparse"]) == {k: np.float32(v) for k, v in weights.items()}
+        colbert = np.asarray(row["colbert"], dtype=np.float32).reshape(-1, m3.colbert_dim)
+        assert colbert.shape == vectors.shape
+        if len(vectors):
+            assert cosines(colbert, vectors).min() >= 0.99999
+    only_sparse = post(server, "/embed_m3", {"inputs": TEXTS[:1], "dense": False}).json()
+    assert set(only_sparse[0]) == {"sparse"}
+
+
+def test_openai_embeddings_float_and_base64(server: Server, m3: Embedder) -> None:
+    expected = m3.encode(TEXTS).dense
+    for path in ("/v1/embeddings", "/embeddings"):
+        data = post(server, path, {"input": TEXTS, "model": "bge-m3"}).json()
+        assert data["object"] == "list" and data["model"] == "bge-m3"
+        assert [d["index"] for d in data["data"]] == list(range(len(TEXTS)))
+        assert_close([d["embedding"] for d in data["data"]], expected)
+        tokens = sum(len(t) for t in m3.tokenize(TEXTS, max_length=m3.max_length))
+        assert data["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+    encoded = post(server, "/v1/embeddings", {"input": TEXTS, "model": "bge-m3", "encoding_format": "base64"}).json()
+    vectors = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in encoded["data"]]
+    assert_close(vectors, expected)
+
+
+@pytest.mark.parametrize("raw_scores", [False, True])
+def test_tei_rerank_sorted_all_items(server: Server, reranker: Reranker, raw_scores: bool) -> None:
+    body = {"query": QUERY, "texts": TEXTS, "raw_scores": raw_scores, "return_text": True}
+    got = post(server, "/rerank", body).json()
+    expected = reranker.score([(QUERY, t) for t in TEXTS], normalize=not raw_scores)
+    assert sorted(item["index"] for item in got) == list(range(len(TEXTS)))
+    assert [item["score"] for item in got] == sorted((item["score"] for item in got), reverse=True)
+    for item in got:
+        assert abs(item["score"] - float(expected[item["index"]])) <= 1e-5
+        assert item["text"] == TEXTS[item["index"]]
+
+
+def test_cohere_rerank_on_every_path(server: Server, reranker: Reranker) -> None:
+    expected = reranker.score([(QUERY, t) for t in TEXTS], normalize=True)
+    best = np.argsort(-expected, kind="stable")[:3].tolist()
+    for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+        body = {"query": QUERY, "documents": TEXTS, "top_n": 3, "return_documents": True, "model": "reranker"}
+        data = post(server, path, body).json()
+        assert data["model"] == "reranker"
+        assert [r["index"] for r in data["results"]] == best
+        for result in data["results"]:
+            assert abs(result["relevance_score"] - float(expected[result["index"]])) <= 1e-5
+            assert result["document"] == {"text": TEXTS[result["index"]]}
+    objects = post(server, "/v2/rerank", {"query": QUERY, "documents": [{"text": t} for t in TEXTS]}).json()
+    assert len(objects["results"]) == len(TEXTS) and "document" not in objects["results"][0]
+
+
+def test_predict_and_similarity(server: Server, reranker: Reranker, m3: Embedder) -> None:
+    one = post(server, "/predict", {"inputs": [QUERY, TEXTS[1]]}).json()
+    assert abs(one[0]["score"] - float(reranker.score((QUERY, TEXTS[1]), normalize=True)[0])) <= 1e-5
+    many = post(server, "/predict", {"inputs": [[QUERY, t] for t in TEXTS[:3]], "raw_scores": True}).json()
+    expected = reranker.score([(QUERY, t) for t in TEXTS[:3]])
+    assert [round(row[0]["score"], 4) for row in many] == [round(float(s), 4) for s in expected]
+    sims = post(server, "/similarity", {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:4]}}).json()
+    vectors = m3.encode(TEXTS[:4]).dense
+    assert np.allclose(sims, vectors[1:] @ vectors[0], atol=1e-5)
+
+
+def test_tokenize_and_decode(server: Server, m3: Embedder) -> None:
+    got = post(server, "/tokenize", {"inputs": ["hello world", TEXTS[2]]}).json()
+    expected = m3.tokenize(["hello world", TEXTS[2]])
+    assert [[t["id"] for t in row] for row in got] == [[t.id for t in row] for row in expected]
+    assert set(got[0][0]) == {"id", "text", "special", "start", "stop"} and got[0][0]["special"]
+    ids = [t["id"] for t in got[0]]
+    assert post(server, "/decode", {"ids": ids}).json() == m3.decode([ids])
+    assert post(server, "/decode", {"ids": [ids, ids], "skip_special_tokens": False}).json() == m3.decode(
+        [ids, ids], skip_special_tokens=False)
+
+
+def test_info_health_metrics(server: Server, m3: Embedder) -> None:
+    info = httpx.get(server.url + "/info").json()
+    assert info["served_model_name"] == "bge-m3" and info["model_type"] == {"embedding": {"pooling": "cls"}}
+    assert info["max_client_batch_size"] == 1024 and info["auto_truncate"] is True
+    assert [m["served_model_name"] for m in info["models"]] == ["bge-m3", "bge-small", "reranker"]
+    assert info["models"][2]["model_type"]["reranker"]
+    for path in ("/health", "/ping"):
+        assert httpx.get(server.url + path).status_code == 200
+    metrics = httpx.get(server.url + "/metrics").text
+    for name in ("te_request_count", "te_request_success", "te_request_duration", "te_batch_next_size",
+                 "te_queue_size"):
+        assert name in metrics
+    models = httpx.get(server.url + "/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["bge-m3", "bge-small", "reranker"]
+
+
+def test_a_request_bigger_than_one_engine_call_is_split_not_refused(server: Server, dense: Embedder) -> None:
+    texts = [f"text number {i} about pandas" for i in range(1200)]  # > 512 per call, > TEI's 32
+    got = post(server, "/embed", {"inputs": texts[:1024], "model": "bge-small"}).json()
+    assert_close(got, dense.encode(texts[:1024]).dense)
+    over = httpx.post(server.url + "/embed", json={"inputs": texts, "model": "bge-small"}, timeout=60)
+    assert over.status_code == 422 and "maximum allowed batch size 1024" in over.json()["error"]
