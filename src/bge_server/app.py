@@ -39,6 +39,10 @@ class _TooLarge(Exception):
     pass
 
 
+#: Set in the ASGI scope when a body without Content-Length grew past the payload limit.
+TOO_LARGE = "bge.too_large"
+
+
 class Gate:
     """Pure ASGI middleware in front of every route: API key (401), body size (413, counted as the body
     arrives, never buffered), requests in flight (429), and the request metrics."""
@@ -92,6 +96,7 @@ class Gate:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    scope[TOO_LARGE] = True  # FastAPI turns a failing body read into a 400; the handler looks here
                     raise _TooLarge()
             return message
 
@@ -171,6 +176,9 @@ def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> Response:
+        if request.scope.get(TOO_LARGE):
+            limit = request.app.state.context.config.payload_limit
+            return failed(request, "PayloadTooLarge", f"the body > the payload limit of {limit} bytes")
         kind = "NotFound" if error.status_code in (404, 405) else "Validation"
         return failed(request, kind, f"{request.method} {request.url.path}: {error.detail}", error.status_code)
 

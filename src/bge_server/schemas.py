@@ -148,7 +148,7 @@ def text_inputs(value: Any, field: str = "inputs", *, limit: int) -> tuple[list[
     for i, item in enumerate(value):
         if isinstance(item, str):
             continue
-        if isinstance(item, int) or (isinstance(item, list) and all(isinstance(x, int) for x in item)):
+        if all(isinstance(x, int) for x in value) or (isinstance(item, list) and all(isinstance(x, int) for x in item)):
             raise ApiError(
                 "Validation",
                 f"`{field}[{i}]` is token ids; this server takes text only (LangChain's OpenAIEmbeddings: "
