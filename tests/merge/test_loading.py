@@ -8,7 +8,6 @@ import random
 
 import FlagEmbedding as FE
 import numpy as np
-import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM, BertModel
