@@ -28,6 +28,6 @@ case "${1:-demo}" in
             .venv-pymilvus3/bin/pip install -q --no-deps llama-index-vector-stores-milvus==1.2.0
             .venv-pymilvus3/bin/pip install -q --no-deps -e .
         fi
-        exec .venv-pymilvus3/bin/python -m pytest -q tests/milvus tests/langchain tests/haystack tests/llamaindex "$@" ;;
+        exec .venv-pymilvus3/bin/python -m pytest -q tests/milvus tests/langchain tests/haystack tests/llamaindex tests/server/test_milvus_lite3.py "$@" ;;
     *) echo "usage: bash run.sh [demo|test|test-pymilvus3] [args…]" >&2; exit 2 ;;
 esac
