@@ -104,8 +104,11 @@ class ModelSet:
         embedders, rerankers = [], []
         for model_id in config.models:
             name = names.pop(0) if names else model_id
-            embedder = Embedder(model_id, **options)
-            served = ServedEmbedder(name, model_id, embedder, Embedder(embedder, normalize=False), None)  # type: ignore[arg-type]
+            # No output memo: a server computes what each request asks for (dense alone is cheaper than
+            # dense + sparse) and keeps no per-text state between clients.
+            embedder = Embedder(model_id, reuse_outputs=False, **options)
+            raw = Embedder(embedder, normalize=False, reuse_outputs=False)
+            served = ServedEmbedder(name, model_id, embedder, raw, None)  # type: ignore[arg-type]
             served.batcher = MicroBatcher(served.run, max_items=config.batch_items, workers=config.workers,
                                           metrics=metrics, name=name)
             embedders.append(served)
