@@ -73,8 +73,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def infinity_checkpoint(model: str) -> str:
+    """A copy of `model` that infinity-emb's transformers 4 / sentence-transformers load: the tokenizer class
+    transformers 5 writes is renamed, and a sentence-transformers CLS-pooling + normalize pipeline is added
+    (BGE's pooling) so both servers compute the same thing."""
+    target = model.rstrip("/") + "-infinity"
+    os.makedirs(os.path.join(target, "1_Pooling"), exist_ok=True)
+    for name in os.listdir(model):
+        source, dest = os.path.join(model, name), os.path.join(target, name)
+        if os.path.isfile(source) and not os.path.exists(dest):
+            os.symlink(source, dest)
+    config_path = os.path.join(target, "tokenizer_config.json")
+    with open(os.path.join(model, "tokenizer_config.json")) as f:
+        config = json.load(f)
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if os.path.islink(config_path):
+        os.unlink(config_path)
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    with open(os.path.join(target, "modules.json"), "w") as f:
+        json.dump(modules, f)
+    with open(os.path.join(model, "config.json")) as f:
+        hidden = json.load(f)["hidden_size"]
+    with open(os.path.join(target, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": hidden, "pooling_mode_cls_token": True,
+                   "pooling_mode_mean_tokens": False}, f)
+    return target
+
+
 def start_infinity(python: str, model: str, device: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    model = infinity_checkpoint(model)
     exe = os.path.join(os.path.dirname(python), "infinity_emb")
     command = [exe if os.path.exists(exe) else shutil.which("infinity_emb") or exe, "v2", "--model-id", model,
                "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1",
@@ -94,7 +126,12 @@ def start_infinity(python: str, model: str, device: str) -> tuple[subprocess.Pop
 
 
 def load(url: str, path: str, field: str, batches: list[list[str]], clients: int) -> dict[str, Any]:
-    """`clients` concurrent clients share `batches` (one request each, in order); bounded by SCENARIO_LIMIT_S."""
+    """`clients` concurrent clients share `batches` (one request each, in order); bounded by SCENARIO_LIMIT_S.
+
+    aiohttp where installed (httpx's async pool costs more client CPU than the server spends at 64 clients)."""
+
+    def body_of(batch: list[str]) -> dict[str, Any]:
+        return {field: batch, "model": "bench"} if field == "input" else {field: batch}
 
     async def run() -> tuple[list[float], float, int]:
         queue: asyncio.Queue[list[str]] = asyncio.Queue()
@@ -103,31 +140,59 @@ def load(url: str, path: str, field: str, batches: list[list[str]], clients: int
         latencies: list[float] = []
         sent = 0
         deadline = time.perf_counter() + SCENARIO_LIMIT_S
+        post = await _poster(url, path, clients)
 
-        async def client(http: httpx.AsyncClient) -> None:
+        async def client() -> None:
             nonlocal sent
             while not queue.empty() and time.perf_counter() < deadline:
                 batch = queue.get_nowait()
-                body: dict[str, Any] = {field: batch}
-                if field == "input":
-                    body["model"] = "bench"
                 start = time.perf_counter()
-                response = await http.post(path, json=body)
+                await post(body_of(batch))
                 latencies.append(time.perf_counter() - start)
-                response.raise_for_status()
                 sent += len(batch)
 
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as http:
-            await http.post(path, json={field: batches[0], **({"model": "bench"} if field == "input" else {})})
+        try:
+            await post(body_of(batches[0]))  # warm-up: connection and first call
             start = time.perf_counter()
-            await asyncio.gather(*(client(http) for _ in range(clients)))
+            await asyncio.gather(*(client() for _ in range(clients)))
             return latencies, time.perf_counter() - start, sent
+        finally:
+            await post(None)
 
     latencies, seconds, sent = asyncio.run(run())
     ordered = sorted(latencies)
     return {"texts_s": sent / seconds, "p50_ms": 1000 * statistics.median(ordered),
             "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "requests": len(ordered)}
+
+
+async def _poster(url: str, path: str, clients: int) -> Any:
+    """An async `post(body)` (raising on a non-200); `post(None)` closes the session."""
+    try:
+        import aiohttp
+    except ImportError:
+        aiohttp = None
+    if aiohttp is not None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
+                                        timeout=aiohttp.ClientTimeout(total=300))
+
+        async def post_aiohttp(body: dict[str, Any] | None) -> None:
+            if body is None:
+                await session.close()
+                return
+            async with session.post(url + path, json=body) as response:
+                await response.read()
+                response.raise_for_status()
+
+        return post_aiohttp
+    http = httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=clients))
+
+    async def post_httpx(body: dict[str, Any] | None) -> None:
+        if body is None:
+            await http.aclose()
+            return
+        (await http.post(path, json=body)).raise_for_status()
+
+    return post_httpx
 
 
 def in_process(model: str, device: str, dtype: str | None, singles: list[str], batched: list[list[str]]) -> dict:
@@ -140,11 +205,14 @@ def in_process(model: str, device: str, dtype: str | None, singles: list[str], b
     embedder.encode(singles[:64])
     out: dict[str, Any] = {}
     for name, texts in (("single", singles), ("batch32", [t for b in batched for t in b])):
-        sync()
-        start = time.perf_counter()
-        embedder.encode(texts)
-        sync()
-        out[f"{name}_texts_s"] = len(texts) / (time.perf_counter() - start)
+        best = float("inf")
+        for _ in range(3):  # best of three: the engine's ceiling, less exposed to a busy machine
+            sync()
+            start = time.perf_counter()
+            embedder.encode(texts)
+            sync()
+            best = min(best, time.perf_counter() - start)
+        out[f"{name}_texts_s"] = len(texts) / best
     latencies = []
     for text in singles[:200]:
         start = time.perf_counter()
@@ -191,6 +259,13 @@ def main() -> None:
         except (RuntimeError, OSError) as error:
             print(f"infinity-emb not measured: {error}", file=sys.stderr)
     try:
+        if len(servers) == 2:  # both servers compute the same vectors (CLS pooling, normalised)
+            probe = queries[:4]
+            ours = httpx.post(servers[0][1][1] + "/embed", json={"inputs": probe}, timeout=60).json()
+            theirs = httpx.post(servers[1][1][1] + "/embeddings", json={"input": probe, "model": "bench"},
+                                timeout=60).json()["data"]
+            cos = min(sum(a * b for a, b in zip(x, y["embedding"])) for x, y in zip(ours, theirs))
+            print(f"bge serve vs infinity-emb vectors: min cosine {cos:.5f}")
         for name, (_, url), path, field in servers:
             for count in clients:
                 single = load(url, path, field, [[q] for q in queries], count)
