@@ -18,36 +18,52 @@ def by_id(rows: list[dict]) -> dict[str, dict]:
     return {row["id"]: row for row in rows}
 
 
-@pytest.mark.parametrize("blocks, batch_size", [(1, 64), (4, 16)], ids=["one-batch", "many-batches"])
-def test_m3_dense_sparse_colbert_equal_the_in_process_embedder(ray_cluster, m3_path, m3, passages, blocks,
-                                                               batch_size):
-    """One batch holding every text is bitwise the in-process call. Split into batches, a text shares its
+def one_and_many_batches(ray_cluster, rows: list[dict]):
+    """One dataset, one job: the rows once as a single block (ids prefixed "one:") and once split into
+    blocks of 8 ("many:"); with ``batch_size=None`` every block is one actor call."""
+    import pyarrow as pa
+
+    def block(part: list[dict], prefix: str) -> pa.Table:
+        return pa.Table.from_pylist([{**r, "id": f"{prefix}:{r['id']}"} for r in part])
+
+    blocks = [block(rows, "one")] + [block(rows[i:i + 8], "many") for i in range(0, len(rows), 8)]
+    return ray_cluster.data.from_arrow(blocks)
+
+
+def test_m3_dense_sparse_colbert_equal_the_in_process_embedder(ray_cluster, m3_path, m3, passages):
+    """A batch holding every text is bitwise the in-process call. Split into batches, a text shares its
     forward with other texts than in the reference call, which changes float32 rounding by < 1e-5
     (tests/reliability/test_determinism.py): token ids are still identical, weights equal to 1e-5."""
-    ds = ray_cluster.data.from_items(passages, override_num_blocks=blocks)
-    rows = by_id(bge_ray.encode(ds, m3_path, dense=True, sparse=True, colbert=True, batch_size=batch_size,
-                                device="cpu").take_all())
+    ds = one_and_many_batches(ray_cluster, passages)
+    encoded = bge_ray.encode(ds, m3_path, dense=True, sparse=True, colbert=True, batch_size=None,
+                             device="cpu").materialize()
+    types = dict(zip(encoded.schema().names, encoded.schema().types))
+    assert str(types["dense"]) == f"fixed_size_list<item: float>[{m3.dim}]"  # float32 vectors
+    assert (str(types["sparse_indices"]), str(types["sparse_values"])) == ("list<item: int32>", "list<item: float>")
+    assert str(types["colbert"]) == f"list<item: fixed_size_list<item: float>[{m3.colbert_dim}]>"
+    rows = by_id(encoded.take_all())
     expected = m3.encode_documents([p["text"] for p in passages], dense=True, sparse=True, colbert=True)
-    assert sorted(rows) == sorted(p["id"] for p in passages)
-    for i, passage in enumerate(passages):
-        row = rows[passage["id"]]
-        assert row["text"] == passage["text"] and row["lang"] == passage["lang"]  # other columns pass through
-        dense = np.asarray(row["dense"], dtype=np.float32)
-        assert dense.dtype == np.float32 and dense.shape == (m3.dim,)
-        cos = float(dense @ expected.dense[i]) / (np.linalg.norm(dense) * np.linalg.norm(expected.dense[i]))
-        assert cos >= 0.99999, (passage["id"], cos)
-        weights = dict(zip((int(t) for t in row["sparse_indices"]), (float(w) for w in row["sparse_values"])))
-        want = {int(t): float(np.float32(w)) for t, w in expected.lexical_weights[i].items()}
-        assert sorted(weights) == sorted(want), passage["id"]
-        if blocks == 1:
-            assert weights == want, passage["id"]
-        else:
-            assert max((abs(weights[t] - want[t]) for t in want), default=0.0) <= 1e-5, passage["id"]
-        assert list(row["sparse_indices"]) == sorted(row["sparse_indices"])
-        colbert = np.stack([np.asarray(v, dtype=np.float32) for v in row["colbert"]]) if len(row["colbert"]) \
-            else np.zeros((0, m3.colbert_dim), np.float32)
-        assert colbert.shape == expected.colbert_vectors[i].shape
-        assert np.max(np.abs(colbert - expected.colbert_vectors[i]), initial=0.0) <= 1e-5
+    assert sorted(rows) == sorted(f"{k}:{p['id']}" for p in passages for k in ("one", "many"))
+    for kind in ("one", "many"):
+        for i, passage in enumerate(passages):
+            row = rows[f"{kind}:{passage['id']}"]
+            assert row["text"] == passage["text"] and row["lang"] == passage["lang"]  # other columns pass through
+            dense = np.asarray(row["dense"], dtype=np.float32)
+            assert dense.shape == (m3.dim,)
+            cos = float(dense @ expected.dense[i]) / (np.linalg.norm(dense) * np.linalg.norm(expected.dense[i]))
+            assert cos >= 0.99999, (passage["id"], cos)
+            weights = dict(zip((int(t) for t in row["sparse_indices"]), (float(w) for w in row["sparse_values"])))
+            want = {int(t): float(np.float32(w)) for t, w in expected.lexical_weights[i].items()}
+            assert list(row["sparse_indices"]) == sorted(want), passage["id"]
+            if kind == "one":
+                assert weights == want, passage["id"]
+                assert np.array_equal(dense, expected.dense[i])
+            else:
+                assert max((abs(weights[t] - want[t]) for t in want), default=0.0) <= 1e-5, passage["id"]
+            colbert = np.asarray([np.asarray(v, dtype=np.float32) for v in row["colbert"]], dtype=np.float32)
+            assert colbert.reshape(-1, m3.colbert_dim).shape == expected.colbert_vectors[i].shape
+            assert np.max(np.abs(colbert.reshape(-1, m3.colbert_dim) - expected.colbert_vectors[i]),
+                          initial=0.0) <= (0.0 if kind == "one" else 1e-5)
 
 
 def test_queries_get_the_query_instruction_in_input_order(ray_cluster, dense_path, passages):
@@ -71,16 +87,15 @@ def test_queries_get_the_query_instruction_in_input_order(ray_cluster, dense_pat
     assert np.max(np.sum(got * documents, axis=1)) < 0.9999  # the instruction changed the vectors
 
 
-@pytest.mark.parametrize("blocks, batch_size", [(1, 64), (3, 8)], ids=["one-batch", "many-batches"])
-def test_rerank_scores_equal_reranker_score(ray_cluster, cross_encoder_path, passages, blocks, batch_size):
+def test_rerank_scores_equal_reranker_score(ray_cluster, cross_encoder_path, passages):
     """Bitwise in one batch; across batches within float32 rounding of the logits (relative 1e-5)."""
     pairs = [{"id": str(i), "query": passages[i % 5]["text"], "passage": p["text"]} for i, p in enumerate(passages)]
-    ds = ray_cluster.data.from_items(pairs, override_num_blocks=blocks)
-    rows = by_id(bge_ray.rerank(ds, cross_encoder_path, batch_size=batch_size, device="cpu").take_all())
+    ds = one_and_many_batches(ray_cluster, pairs)
+    scored = bge_ray.rerank(ds, cross_encoder_path, batch_size=None, device="cpu").materialize()
+    assert str(dict(zip(scored.schema().names, scored.schema().types))["score"]) == "float"  # float32
+    rows = by_id(scored.take_all())
     expected = Reranker(cross_encoder_path, device="cpu").score([(p["query"], p["passage"]) for p in pairs])
-    got = np.array([rows[p["id"]]["score"] for p in pairs], dtype=np.float32)
-    assert got.dtype == np.float32
-    if blocks == 1:
-        np.testing.assert_array_equal(got, expected)
-    else:
-        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    one = np.array([rows[f"one:{p['id']}"]["score"] for p in pairs], dtype=np.float32)
+    many = np.array([rows[f"many:{p['id']}"]["score"] for p in pairs], dtype=np.float32)
+    np.testing.assert_array_equal(one, expected)
+    np.testing.assert_allclose(many, expected, rtol=1e-5, atol=1e-5)
