@@ -158,7 +158,7 @@ def write_bulk_files(
         >>> files = write_bulk_files(ds, "BAAI/bge-m3", schema, "/shared/bulk").files
     """
     validate(ds, text_column=text_column, id_column=id_column, max_text_bytes=backend.TEXT_MAX_LENGTH,
-             max_id_bytes=backend.ID_MAX_LENGTH, check_metadata=True)
+             max_id_bytes=backend.ID_MAX_LENGTH, check_metadata=True, null_ids=True)
     encoded = encode(ds, model, text_column=text_column, id_column=id_column, dense=True, sparse=True,
                      num_gpus=num_gpus, concurrency=concurrency, batch_size=batch_size, **embedder_options)
     sink = BulkWriterDatasink(schema, local_path, placeholder_id=placeholder_id_of(model), text_column=text_column,

@@ -234,12 +234,12 @@ def rerank(
 
 
 def _report(table: pa.Table, text_column: str, id_column: str | None, max_text_bytes: int | None,
-            max_id_bytes: int | None, check_metadata: bool) -> pa.Table:
+            max_id_bytes: int | None, check_metadata: bool, null_ids: bool) -> pa.Table:
     """One row per block: its row count and its first bad row (position, problem, id)."""
     metadata = [c for c in table.column_names if c not in (text_column, id_column, *VECTOR_COLUMNS)] \
         if check_metadata else None
     row, problem = first_problem(table, text_column, id_column, max_text_bytes=max_text_bytes,
-                                 max_id_bytes=max_id_bytes, metadata_columns=metadata)
+                                 max_id_bytes=max_id_bytes, metadata_columns=metadata, null_ids=null_ids)
     label = ""
     if row >= 0 and id_column and id_column in table.column_names:
         label = repr(table.column(id_column)[row].as_py())
@@ -248,12 +248,19 @@ def _report(table: pa.Table, text_column: str, id_column: str | None, max_text_b
 
 def validate(
     ds: Dataset, *, text_column: str = "text", id_column: str | None = "id", max_text_bytes: int | None = None,
-    max_id_bytes: int | None = None, check_metadata: bool = False, where: str = "",
+    max_id_bytes: int | None = None, check_metadata: bool = False, null_ids: bool = False, where: str = "",
 ) -> int:
     """Check every row of `ds` in one cheap pass (no model) and return the number of rows.
 
     Run it before a job that writes somewhere (a Milvus collection), so that a bad row stops the job
     before anything is written instead of after part of the dataset has been stored.
+
+    Args:
+        text_column / id_column: the columns to check (a missing id column is fine).
+        max_text_bytes / max_id_bytes: size limits (UTF-8 bytes), e.g. Milvus's.
+        check_metadata: the other columns must be JSON-serialisable (they become Milvus metadata).
+        null_ids: a null id is fine (the writer gives the row a content id), else it is a bad row.
+        where: put before the message, e.g. ``"corpus.jsonl: "``.
 
     Raises:
         BadRowError: names the first bad row: its number in the dataset's order (1-based), its id,
@@ -267,7 +274,7 @@ def validate(
     reports = ds.map_batches(
         checker, batch_format="pyarrow", batch_size=None, zero_copy_batch=True,
         fn_kwargs=dict(text_column=text_column, id_column=id_column, max_text_bytes=max_text_bytes,
-                       max_id_bytes=max_id_bytes, check_metadata=check_metadata),
+                       max_id_bytes=max_id_bytes, check_metadata=check_metadata, null_ids=null_ids),
     )
     # Block reports in input order turn a position within a block into a row number of the dataset.
     reports.context.execution_options.preserve_order = True

@@ -44,7 +44,8 @@ UPSERT_ROWS = 512
 def milvus_rows(table: pa.Table, *, text_column: str, id_column: str | None, placeholder_id: int) -> list[dict]:
     """The rows of one encoded block as `HybridCollection` rows: id, text, dense, sparse, metadata.
 
-    The id is the id column's value (str, or an integer written in decimal) or `content_id(text)`;
+    The id is the id column's value (str, or an integer written in decimal) or, where there is none (no
+    column, or null), `content_id(text)`;
     an empty sparse vector becomes `bge_core.sparse.storable`'s placeholder (Milvus rejects empty
     ones); the block's other non-vector columns become metadata (nulls left out). A repeated id keeps
     its last row, as an upsert would.
@@ -56,7 +57,7 @@ def milvus_rows(table: pa.Table, *, text_column: str, id_column: str | None, pla
     texts, row, problem = texts_of(table, text_column)
     if texts is None:
         raise BadRowError(f"{describe_row(table, row, id_column)}: {problem}")
-    ids, row, problem = ids_of(table, id_column, backend.ID_MAX_LENGTH)
+    ids, row, problem = ids_of(table, id_column, backend.ID_MAX_LENGTH, default=lambda i: content_id(texts[i]))
     if row >= 0:
         raise BadRowError(f"{describe_row(table, row, id_column)}: {problem}")
     if ids is None:
@@ -295,15 +296,16 @@ def index(
     ds: Dataset, model: str, collection_name: str, *, uri: str | os.PathLike = "./bge.db", token: str = "",
     db_name: str = "", text_column: str = "text", id_column: str | None = "id", num_gpus: float | None = None,
     num_cpus: float | None = None, concurrency: int | tuple[int, int] | None = None, batch_size: int = 1024,
-    write_concurrency: int | None = None, ray_remote_args: dict[str, Any] | None = None,
+    write_concurrency: int | None = None, ray_remote_args: dict[str, Any] | None = None, where: str = "",
     **embedder_options: Any,
 ) -> MilvusDatasink:
     """Validate, encode (BGE-M3 dense + sparse, as documents) and upsert `ds` into a `HybridCollection` collection.
 
     Every row is checked first in a cheap pass without the model (`bge_ray.validate`: text present and a
     string within Milvus's size, id a string or integer within its size, metadata JSON-serialisable), so a
-    bad row fails the job before anything is written. The job is idempotent (upserts by id), so it is
-    resumed by running it again.
+    bad row fails the job before anything is written. Rows without an id (no id column, or a null id)
+    get `content_id(text)`. The job is idempotent (upserts by id), so it is resumed by running it again.
+    `where` is put before error messages (e.g. the input file's name).
 
     Returns:
         The sink, with ``rows_written`` and ``count`` (rows in the collection) filled in.
@@ -317,7 +319,7 @@ def index(
         1000000
     """
     validate(ds, text_column=text_column, id_column=id_column, max_text_bytes=backend.TEXT_MAX_LENGTH,
-             max_id_bytes=backend.ID_MAX_LENGTH, check_metadata=True)
+             max_id_bytes=backend.ID_MAX_LENGTH, check_metadata=True, null_ids=True, where=where)
     encoded = encode(ds, model, text_column=text_column, id_column=id_column, dense=True, sparse=True,
                      num_gpus=num_gpus, num_cpus=num_cpus, concurrency=concurrency, batch_size=batch_size,
                      ray_remote_args=ray_remote_args, **embedder_options)

@@ -8,7 +8,7 @@ position into a row number of the whole dataset.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -78,8 +78,11 @@ def id_text(value: Any) -> str:
     raise ValueError(f"must be a string or an integer, got {type(value).__name__} {value!r}")
 
 
-def ids_of(table: pa.Table, column: str | None, max_bytes: int | None = None) -> tuple[list[str] | None, int, str]:
+def ids_of(table: pa.Table, column: str | None, max_bytes: int | None = None,
+           default: Callable[[int], str] | None = None) -> tuple[list[str] | None, int, str]:
     """The id column as strings (`id_text`), or None with the first bad row's position and problem.
+
+    A null id is a bad row, unless `default` gives the id of row i (e.g. the content id of its text).
 
     Example:
         >>> ids_of(pa.table({"id": [1, 2]}), "id")
@@ -89,6 +92,9 @@ def ids_of(table: pa.Table, column: str | None, max_bytes: int | None = None) ->
         return None, -1, ""
     out = []
     for i, value in enumerate(table.column(column).to_pylist()):
+        if value is None and default is not None:
+            out.append(default(i))
+            continue
         try:
             text = id_text(value)
         except ValueError as error:
@@ -101,12 +107,13 @@ def ids_of(table: pa.Table, column: str | None, max_bytes: int | None = None) ->
 
 def first_problem(
     table: pa.Table, text_column: str, id_column: str | None = None, *, max_text_bytes: int | None = None,
-    max_id_bytes: int | None = None, metadata_columns: Sequence[str] | None = None,
+    max_id_bytes: int | None = None, metadata_columns: Sequence[str] | None = None, null_ids: bool = False,
 ) -> tuple[int, str]:
     """Position and description of the first bad row of `table`, or ``(-1, "")`` when all rows are good.
 
     Checks: the text column exists and holds strings (`texts_of`), texts fit `max_text_bytes` (UTF-8),
-    ids are strings or integers of at most `max_id_bytes`, and `metadata_columns` are JSON-serialisable.
+    ids are strings or integers of at most `max_id_bytes` (or null, with `null_ids`), and `metadata_columns`
+    are JSON-serialisable.
 
     Example:
         >>> first_problem(pa.table({"text": ["a", "b"]}), "text")
@@ -123,7 +130,7 @@ def first_problem(
                 return i, f"column {text_column!r} is not valid Unicode (a lone surrogate)"
             if size > max_text_bytes:
                 return i, f"column {text_column!r} is longer than {max_text_bytes} bytes"
-    ids, row, problem = ids_of(table, id_column, max_id_bytes)
+    _, row, problem = ids_of(table, id_column, max_id_bytes, default=str if null_ids else None)
     if row >= 0:
         return row, problem
     for i, meta in enumerate(metadata_of(table, metadata_columns or [])):

@@ -7,7 +7,6 @@ import pytest
 
 import bge_ray
 from bge_milvus import HybridCollection, backend
-from bge_ray.encode import FAULT_ENV
 from tests.ray.conftest import release_lite
 
 
@@ -30,13 +29,22 @@ def uri(tmp_path) -> str:
     return str(tmp_path / "ray.db")
 
 
-def test_index_stores_every_row_once_as_hybrid_collection_rows(ray_cluster, m3_path, passages, uri):
+@pytest.fixture(scope="module")
+def indexed(ray_cluster, m3_path, passages, tmp_path_factory):
+    """The passages indexed once for this module: (uri, collection name, the sink)."""
+    uri = str(tmp_path_factory.mktemp("milvus") / "ray.db")
     ds = ray_cluster.data.from_items(passages, override_num_blocks=4)
     sink = bge_ray.index(ds, m3_path, "docs", uri=uri, batch_size=16, device="cpu")
+    yield uri, "docs", sink
+    release_lite(uri)
+
+
+def test_index_stores_every_row_once_as_hybrid_collection_rows(indexed, m3_path, passages):
+    uri, name, sink = indexed
     assert (sink.rows_written, sink.count) == (len(passages), len(passages))
-    assert stored(uri, "docs") == (len(passages), sorted(p["id"] for p in passages))
+    assert stored(uri, name) == (len(passages), sorted(p["id"] for p in passages))
     # The rows are HybridCollection rows: it opens the collection and finds a passage by its own text.
-    with HybridCollection("docs", m3_path, uri=uri, device="cpu") as docs:
+    with HybridCollection(name, m3_path, uri=uri, device="cpu") as docs:
         target = passages[1]
         hit = docs.search(target["text"], k=1, mode="dense")[0]
         assert (hit.id, hit.text, hit.metadata) == (target["id"], target["text"], {"lang": target["lang"]})
@@ -62,17 +70,6 @@ def test_rows_without_ids_get_content_ids_and_empty_texts_the_sparse_placeholder
     assert np.linalg.norm(np.asarray(empty["dense"])) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_an_encoder_actor_killed_mid_run_is_restarted_and_every_id_is_stored_once(
-        ray_cluster, m3_path, passages, uri, tmp_path, monkeypatch):
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(FAULT_ENV, str(marker))
-    ds = ray_cluster.data.from_items(passages, override_num_blocks=5)
-    sink = bge_ray.index(ds, m3_path, "faults", uri=uri, batch_size=8, device="cpu")
-    assert marker.exists(), "the fault hook did not fire: the test proved nothing"
-    assert sink.count == len(passages)
-    assert stored(uri, "faults") == (len(passages), sorted(p["id"] for p in passages))
-
-
 BAD_ROWS = [
     ({"id": "doc-bad", "text": 5, "lang": "en"}, "column 'text' must hold a string, got int"),
     ({"id": "doc-bad", "text": None, "lang": "en"}, "column 'text' is missing (null)"),
@@ -81,17 +78,16 @@ BAD_ROWS = [
 ]
 
 
-def test_a_bad_row_fails_the_job_naming_it_and_nothing_is_written(ray_cluster, m3_path, passages, uri):
-    good = passages[:10]
-    bge_ray.index(ray_cluster.data.from_items(good), m3_path, "strict", uri=uri, device="cpu")
+def test_a_bad_row_fails_the_job_naming_it_and_nothing_is_written(ray_cluster, indexed, m3_path, passages):
+    uri, name, _ = indexed
     for bad_row, problem in BAD_ROWS:
-        rows = passages[10:] + [bad_row] + passages[:5]
+        rows = [{**p, "id": f"new-{p['id']}"} for p in passages[10:]] + [bad_row] + passages[:5]
         ds = ray_cluster.data.from_items(rows, override_num_blocks=4)
         with pytest.raises(bge_ray.BadRowError) as error:
-            bge_ray.index(ds, m3_path, "strict", uri=uri, batch_size=8, device="cpu")
+            bge_ray.index(ds, m3_path, name, uri=uri, batch_size=8, device="cpu")
         message = str(error.value)
         assert message == f"row {len(passages) - 10 + 1} (id 'doc-bad'): {problem}", message
-    assert stored(uri, "strict") == (len(good), sorted(p["id"] for p in good))  # none of the new rows
+    assert stored(uri, name) == (len(passages), sorted(p["id"] for p in passages))  # none of the new rows
 
 
 def test_a_dataset_without_the_text_column_is_refused_naming_the_columns(ray_cluster):

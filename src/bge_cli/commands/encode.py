@@ -28,9 +28,12 @@ from bge_cli.io import InputError, atomic_output, chunked, read_records, scan
 @click.option("--chunk-size", default=1024, show_default=True, type=click.IntRange(min=1),
               help="Texts read, encoded and written at a time (memory stays bounded by it).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS|auto]",
+              help="Run on Ray: one model per GPU actor (--ray: a local Ray; --ray auto: the cluster running here; "
+                   "--ray ADDRESS: that cluster).")
 def encode(model: str, input_path: str, output: str, dense: bool, sparse: bool, colbert: bool, queries: bool,
            text_field: str, id_field: str, device: str | None, dtype: str | None, max_length: int | None,
-           batch_tokens: int | None, chunk_size: int, quiet: bool) -> None:
+           batch_tokens: int | None, chunk_size: int, quiet: bool, ray_address: str | None) -> None:
     """Encode every text of INPUT (.txt: a text per line; .jsonl: objects with a text field; .parquet)
     with MODEL into OUTPUT, streaming: the input is never loaded whole, and OUTPUT appears only when
     complete."""
@@ -46,6 +49,16 @@ def encode(model: str, input_path: str, output: str, dense: bool, sparse: bool, 
             raise InputError(f"{output}: .npy holds dense vectors only; write .parquet for --sparse/--colbert")
         if not (dense or sparse or colbert):
             raise click.UsageError("nothing to encode: --no-dense without --sparse or --colbert")
+        if ray_address is not None:
+            from bge_cli.ray_jobs import encode_job
+
+            summary = encode_job(model, input_path, output, address=ray_address, dense=dense, sparse=sparse,
+                                 colbert=colbert, queries=queries, text_field=text_field, id_field=id_field,
+                                 quiet=quiet, embedder_options=dict(device=device, dtype=dtype, max_length=max_length,
+                                                                    batch_tokens=batch_tokens))
+            if not quiet:
+                click.echo(summary)
+            return
         total = scan(input_path, text_field=text_field, id_field=id_field)  # bad input fails before any work
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens)
         if (sparse or colbert) and embedder.family != "m3":

@@ -19,15 +19,27 @@ from bge_cli.io import InputError, chunked, read_records
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
               help="Texts embedded and written per batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS|auto]",
+              help="Run on Ray: one model per GPU actor, parallel upserts on a server, one writer on Milvus Lite "
+                   "(--ray: a local Ray; --ray auto: the cluster running here; --ray ADDRESS: that cluster).")
 def index(input_path: str, collection: str, uri: str, token: str, model: str, device: str | None,
           dtype: str | None, max_length: int | None, text_field: str, id_field: str, batch_size: int,
-          quiet: bool) -> None:
+          quiet: bool, ray_address: str | None) -> None:
     """Add the texts of INPUT to a BGE-M3 dense + sparse collection. Idempotent and resumable: rows
     are upserted by id, rows already stored are not embedded again, so re-running after a failure
     completes the collection without duplicates. For .jsonl, a line's other fields become metadata."""
     from tqdm.auto import tqdm
 
     bge_milvus = milvus()
+    if ray_address is not None:
+        from bge_cli.ray_jobs import index_job
+
+        with user_errors():
+            click.echo(index_job(input_path, address=ray_address, collection=collection, uri=uri, token=token,
+                                 model=model, text_field=text_field, id_field=id_field, batch_size=batch_size,
+                                 quiet=quiet, embedder_options=dict(device=device, dtype=dtype,
+                                                                    max_length=max_length)))
+        return
     with user_errors():
         total = check_index_input(input_path, text_field, id_field)
         embedder = load_embedder(model, m3=True, device=device, dtype=dtype, max_length=max_length)
