@@ -98,7 +98,9 @@ class BulkWriterDatasink(Datasink[list]):
     def __init__(self, schema: CollectionSchema, local_path: str | os.PathLike, *, placeholder_id: int,
                  text_column: str = "text", id_column: str | None = "id", remote: dict[str, Any] | None = None,
                  chunk_size: int = 512 * 1024 * 1024) -> None:
-        self.schema = schema
+        # pymilvus schema objects do not survive pickling (FieldSchema.__getattr__ recurses while unpickling):
+        # write tasks get the dict form and rebuild the schema.
+        self.schema_dict = schema.to_dict()
         self.local_path = os.path.abspath(os.fspath(local_path))
         self.placeholder_id = int(placeholder_id)
         self.text_column, self.id_column = text_column, id_column
@@ -109,6 +111,13 @@ class BulkWriterDatasink(Datasink[list]):
 
     def on_write_start(self, schema: Any = None) -> None:
         os.makedirs(self.local_path, exist_ok=True)
+
+    @property
+    def schema(self) -> CollectionSchema:
+        """The target collection's schema."""
+        from pymilvus import CollectionSchema
+
+        return CollectionSchema.construct_from_dict(self.schema_dict)
 
     def _writer(self) -> Any:
         from pymilvus.bulk_writer import BulkFileType, LocalBulkWriter, RemoteBulkWriter
