@@ -48,9 +48,9 @@ def checkpoint(quick: bool) -> str:
     return W.build_m3(f"{CK}/m3")
 
 
-def start_bge(model: str, device: str, dtype: str | None) -> tuple[subprocess.Popen, str]:
+def start_bge(model: str, device: str, dtype: str | None, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "bge_cli", "serve", "--model", model, "--served-model-name", "bench",
-               "--port", "0", "--device", device, "--max-concurrent-requests", "4096"]
+               "--port", "0", "--device", device, "--max-concurrent-requests", "4096", *extra]
     if dtype:
         command += ["--dtype", dtype]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -233,6 +233,7 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=None, help="single-query requests per scenario")
     parser.add_argument("--batches", type=int, default=None, help="32-text requests per scenario")
     parser.add_argument("--infinity", default=None, help="python of a venv with infinity-emb[server]")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra `bge serve` argument (repeatable)")
     args = parser.parse_args()
 
     model = args.model or checkpoint(args.quick)
@@ -250,7 +251,7 @@ def main() -> None:
     rows.append({"system": "in-process Embedder", "workload": "batch32", "clients": "-",
                  "texts_s": engine["batch32_texts_s"], "p50_ms": None, "p99_ms": None})
 
-    servers = [("bge serve", start_bge(model, args.device, args.dtype), "/embed", "inputs")]
+    servers = [("bge serve", start_bge(model, args.device, args.dtype, args.server_arg), "/embed", "inputs")]
     python = args.infinity or ("/work/venv-infinity/bin/python" if os.path.exists("/work/venv-infinity/bin/python")
                                else None)
     if python:

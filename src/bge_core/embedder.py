@@ -37,6 +37,8 @@ class Embedder(ModelHandle):
         reuse_outputs: keep recent dense and sparse results so that asking for the other one
             with the same texts costs no forward (hybrid indexing through two framework objects).
         packed: force padding-free batches on or off (default: on where the device supports them).
+        worker_process: run the model in a worker process even on one device (a list of devices always
+            does), so the caller's own Python work never competes with the model for the GIL.
         family: force a family (``"dense"``, ``"m3"``, ``"llm_embedder"``, ``"icl"``) when a local
             checkpoint's name and files do not tell.
 
@@ -67,13 +69,15 @@ class Embedder(ModelHandle):
         family: str | None = None,
         token: str | None = None,
         packed: bool | None = None,
+        worker_process: bool = False,
     ) -> None:
         #: The hub id or path this model was opened by (adapters serialise it).
         self.name: str = model.name if isinstance(model, Embedder) else str(model)
         if isinstance(model, Embedder):
             self.loaded: LoadedModel = model.loaded
         else:
-            self.loaded = load_model(model, device=device, dtype=dtype, family=family, token=token, packed=packed)
+            self.loaded = load_model(model, device=device, dtype=dtype, family=family, token=token, packed=packed,
+                                     worker_process=worker_process)
         if self.loaded.spec.family not in ("dense", "m3", "llm_embedder", "icl"):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Reranker")
         if task is not None:

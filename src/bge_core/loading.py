@@ -169,20 +169,24 @@ def load_model(
     cache_dir: str | None = None,
     token: str | None = None,
     packed: bool | None = None,
+    worker_process: bool = False,
 ) -> LoadedModel:
     """Load (or reuse) a checkpoint. Every caller naming the same checkpoint, device and dtype
     gets the same weights in memory. `token` is a Hugging Face token for private or gated hub ids.
     `packed` forces padding-free batches on (or off); by default they are used wherever the
     device supports them (CUDA with half precision). A list of devices loads one replica on each
-    and spreads every call over all of them.
+    and spreads every call over all of them, each in a worker process. `worker_process=True` does the
+    same for a single device: the model runs in its own process, so Python work in this one (an HTTP
+    server's event loop, say) never competes with the model's kernel launches for the GIL.
 
     Example:
         >>> m = load_model("BAAI/bge-m3", device="cpu")
         >>> m is load_model("BAAI/bge-m3", device="cpu")
         True
     """
-    if isinstance(device, (list, tuple)) and len(device) > 1:
-        return _load_on_devices(name_or_path, list(device), dtype=dtype, family=family, revision=revision,
+    if (isinstance(device, (list, tuple)) and len(device) > 1) or worker_process:
+        devices = list(device) if isinstance(device, (list, tuple)) and device else [device]
+        return _load_on_devices(name_or_path, devices, dtype=dtype, family=family, revision=revision,
                                 cache_dir=cache_dir, token=token, packed=packed)
     if isinstance(device, (list, tuple)):
         device = device[0] if device else None

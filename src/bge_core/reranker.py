@@ -36,6 +36,8 @@ class Reranker(ModelHandle):
         compress_ratio / compress_layers: lightweight reranker's passage-token compression.
         batch_tokens: token budget of one batch.
         packed: force padding-free batches on or off (default: on where the device supports them).
+        worker_process: run the model in a worker process even on one device (a list of devices always
+            does), so the caller's own Python work never competes with the model for the GIL.
         family: force a family (``"cross_encoder"``, ``"llm_reranker"``, ``"layerwise_reranker"``,
             ``"lightweight_reranker"``) when a local checkpoint's name and files do not tell.
 
@@ -66,11 +68,13 @@ class Reranker(ModelHandle):
         family: str | None = None,
         token: str | None = None,
         packed: bool | None = None,
+        worker_process: bool = False,
     ) -> None:
         #: The hub id or path this model was opened by (adapters serialise it).
         self.name: str = model.name if isinstance(model, Reranker) else str(model)
         self.loaded: LoadedModel = model.loaded if isinstance(model, Reranker) else load_model(
-            model, device=device, dtype=dtype, family=family, token=token, packed=packed
+            model, device=device, dtype=dtype, family=family, token=token, packed=packed,
+            worker_process=worker_process,
         )
         if not self.loaded.spec.family.endswith(("reranker", "cross_encoder")):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Embedder")

@@ -24,6 +24,11 @@ class ServerConfig:
         payload_limit: largest request body in bytes (413 past it).
         batch_items: most inputs merged into one engine call (bigger requests are cut into pieces this size).
         workers: engine calls in flight per model (tokenizing one while the device runs another).
+        device: one device, or several (each model then runs on all of them, one worker process each).
+        engine_process: run each model in a worker process even on one device, so the event loop's Python
+            work never competes with the model's kernel launches for the GIL (several devices always do).
+        gil_switch_interval_ms: Python's thread switch interval while serving (None keeps Python's 5 ms). A
+            shorter one lets the engine thread take the GIL back sooner from the busy event loop.
 
     Example:
         >>> ServerConfig(models=["BAAI/bge-m3"], rerankers=["BAAI/bge-reranker-v2-m3"], port=0)
@@ -35,7 +40,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     api_key: str | None = None
-    device: str | None = None
+    device: str | list[str] | None = None
     dtype: str | None = None
     max_batch_tokens: int | None = None
     max_client_batch_size: int = 1024
@@ -44,6 +49,8 @@ class ServerConfig:
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     batch_items: int = 512
     workers: int = 2
+    engine_process: bool = False
+    gil_switch_interval_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not self.models and not self.rerankers:

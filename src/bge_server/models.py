@@ -100,7 +100,7 @@ class ModelSet:
         """Load every model of `config` (weights shared where two entries name the same checkpoint)."""
         names = list(config.served_model_names)
         options: dict[str, Any] = {"device": config.device, "dtype": config.dtype,
-                                   "batch_tokens": config.max_batch_tokens}
+                                   "batch_tokens": config.max_batch_tokens, "worker_process": config.engine_process}
         embedders, rerankers = [], []
         for model_id in config.models:
             name = names.pop(0) if names else model_id

@@ -49,6 +49,8 @@ def serve(config: ServerConfig, *, announce: Callable[[str], None] | None = None
     Example:
         >>> serve(ServerConfig(models=["BAAI/bge-m3"], port=8080))
     """
+    if config.gil_switch_interval_ms is not None:
+        sys.setswitchinterval(config.gil_switch_interval_ms / 1e3)
     app = create_app(config)
     sock = bind(config.host, config.port)
     uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=None,

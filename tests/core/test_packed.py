@@ -289,3 +289,33 @@ def test_the_gelu_in_gemm_layer_computes_the_same_layer(monkeypatch):
     exact, in_gemm = POST_ATTENTION(*args, False), POST_ATTENTION(*args, True)
     assert exact.shape == (tokens, d)
     torch.testing.assert_close(in_gemm, exact, atol=1e-5, rtol=1e-5)
+
+
+def test_worker_process_runs_one_device_in_a_worker_and_small_calls_do_not_wait_for_more_chunks(m3_path,
+                                                                                                parity_texts):
+    """`worker_process=True` puts a single device's model in its own process (same outputs as in-process); a
+    call's last chunk is marked, so a one-chunk call never waits NEXT_CHUNK_WAIT for chunks that won't come."""
+    from bge_core.engine.workers import ProcessDevicePool
+
+    single = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    isolated = Embedder(m3_path, device="cpu", reuse_outputs=False, worker_process=True)
+    assert isinstance(isolated.loaded.engine, ProcessDevicePool) and isolated.loaded.engine.devices == ["cpu"]
+    got, want = (m.encode(parity_texts, sparse=True) for m in (isolated, single))
+    np.testing.assert_allclose(got.dense, want.dense, atol=1e-5)
+    for a, b in zip(got.lexical_weights, want.lexical_weights, strict=True):
+        assert set(a) == set(b) and all(abs(a[k] - b[k]) < 1e-5 for k in a)
+
+    messages = []
+    pool = isolated.loaded.engine
+    real_put = pool._put
+    pool._put = lambda message, stop: (messages.append(message), real_put(message, stop))[1]
+    try:
+        isolated.encode([parity_texts[0]])
+        isolated.encode([f"{t} #{i}" for i, t in enumerate(parity_texts * 40)])
+    finally:
+        pool._put = real_put
+    calls: dict[int, list[bool]] = {}
+    for message in messages:
+        calls.setdefault(message[1], []).append(message[6])
+    assert [last for marks in calls.values() for last in marks].count(True) == len(calls) == 2
+    assert all(marks[-1] and not any(marks[:-1]) for marks in calls.values())

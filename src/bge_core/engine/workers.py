@@ -143,13 +143,17 @@ _NOTHING = object()
 
 class _Chunks:
     """Consecutive input chunks of one call, (start, items, token budget), for as long as the queue has them
-    ready; `following` is the message that ended the run (another call's chunk, or None to shut down)."""
+    ready; `following` is the message that ended the run (another call's chunk, or None to shut down).
+    A call's last chunk says so: after it nothing is awaited, so a small call (one chunk) starts and ends
+    without waiting for chunks that will never come."""
 
     def __init__(self, jobs: Any, first: tuple) -> None:
         self.jobs, self.first, self.following = jobs, first, _NOTHING
 
     def __iter__(self) -> Iterator[tuple[int, list[Any]]]:
         yield self.first[3:6]
+        if self.first[6]:
+            return
         while True:
             try:  # a short wait rides out a hiccup of the feeding process without draining the device
                 message = self.jobs.get(timeout=NEXT_CHUNK_WAIT)
@@ -159,6 +163,8 @@ class _Chunks:
                 self.following = message
                 return
             yield message[3:6]
+            if message[6]:
+                return
 
 
 def _shared_memory_is_ample() -> bool:
@@ -292,13 +298,18 @@ class ProcessDevicePool:
         stop = threading.Event()
 
         def feed() -> None:
+            held = None  # each chunk is sent once the next is known, so the last goes out marked as such
             for start, part, tail in _shares(items, len(self.devices)):
                 if stop.is_set():
                     return
                 # The last chunks run in smaller batches: the call ends when the last batch's outputs
                 # have been built, sent and read, so the final batches should be quick to finish.
                 share_budget = max(1, budget // TAIL_BUDGET_DIVISOR) if tail else budget
-                self._put(("chunk", call, (max_length, options), start, part, share_budget), stop)
+                if held is not None:
+                    self._put((*held, False), stop)
+                held = ("chunk", call, (max_length, options), start, part, share_budget)
+            if held is not None and not stop.is_set():
+                self._put((*held, True), stop)
 
         feeder = threading.Thread(target=feed, name="bge-feed", daemon=True)
         feeder.start()
