@@ -5,6 +5,7 @@
     bge search QUERY --collection NAME [--mode hybrid] [--rerank MODEL] [-k 10] [--json]
     bge demo                                                       the main job on a bundled corpus
     bge merge MODEL… --weights 0.3,0.7|--data EXAMPLES.jsonl -o OUT   LM-Cocktail model merging
+    bge eval DATASET_DIR --model M [--mode dense|sparse|colbert|hybrid|all]   retrieval metrics (BEIR / custom)
 
 A thin layer: reading and writing files is `bge_cli.io`, models are `bge_core.Embedder` /
 `bge_core.Reranker`, collections are `bge_milvus.HybridCollection`, the demo is `bge_cli.demo`.
@@ -17,6 +18,7 @@ import click
 
 from bge_cli.commands.demo import demo
 from bge_cli.commands.encode import encode
+from bge_cli.commands.eval import eval_command
 from bge_cli.commands.index import index
 from bge_cli.commands.merge import merge
 from bge_cli.commands.search import search
@@ -31,7 +33,7 @@ def main() -> None:
     quiet_libraries()
 
 
-for command in (encode, index, search, demo, merge, serve):
+for command in (encode, index, search, demo, merge, serve, eval_command):
     main.add_command(command)
 
 if __name__ == "__main__":
