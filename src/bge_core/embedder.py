@@ -41,6 +41,8 @@ class Embedder(ModelHandle):
             does), so the caller's own Python work never competes with the model for the GIL.
         family: force a family (``"dense"``, ``"m3"``, ``"llm_embedder"``, ``"icl"``) when a local
             checkpoint's name and files do not tell.
+        text_model: for a Visualized-BGE ``.pth`` (images + texts), the BGE model it was trained from (hub id
+            or directory: config and tokenizer); default the ``.pth``'s directory if it holds a config.json.
 
     Example:
         >>> m3 = Embedder("BAAI/bge-m3")
@@ -70,6 +72,7 @@ class Embedder(ModelHandle):
         token: str | None = None,
         packed: bool | None = None,
         worker_process: bool = False,
+        text_model: str | None = None,
     ) -> None:
         #: The hub id or path this model was opened by (adapters serialise it).
         self.name: str = model.name if isinstance(model, Embedder) else str(model)
@@ -77,8 +80,8 @@ class Embedder(ModelHandle):
             self.loaded: LoadedModel = model.loaded
         else:
             self.loaded = load_model(model, device=device, dtype=dtype, family=family, token=token, packed=packed,
-                                     worker_process=worker_process)
-        if self.loaded.spec.family not in ("dense", "m3", "llm_embedder", "icl"):
+                                     worker_process=worker_process, text_model=text_model)
+        if self.loaded.spec.family not in ("dense", "m3", "llm_embedder", "icl", "visualized"):
             raise ValueError(f"{self.loaded.path} is a {self.loaded.spec.family} model; use bge_core.Reranker")
         if task is not None:
             if task not in LLM_EMBEDDER_INSTRUCTIONS:
@@ -187,6 +190,56 @@ class Embedder(ModelHandle):
             return Embeddings(dense=gather.matrix)
         return self._encode_m3(items, dense, sparse, colbert, options, run)
 
+    def encode_images(self, images: Any, *, show_progress: bool = False) -> Embeddings:
+        """Visualized-BGE: one vector per image (paths, file bytes or PIL images), in the texts' space.
+
+        Raises:
+            TypeError / ValueError: an image is of the wrong type, unreadable, not an image or zero-size
+                (its index is named).
+
+        Example:
+            >>> m = Embedder("Visualized_base_en_v1.5.pth", text_model="BAAI/bge-base-en-v1.5")
+            >>> m.encode_images(["cat.jpg"]).dense.shape
+            (1, 768)
+        """
+        return self._encode_visual(images, None, show_progress)
+
+    def encode_multimodal(self, images: Any, texts: str | Sequence[str], *, show_progress: bool = False,
+                          truncate: bool = True) -> Embeddings:
+        """Visualized-BGE: one vector per (image, text) pair, e.g. a composed query "this dress, in red".
+
+        Raises:
+            ValueError: `images` and `texts` differ in length, or an image is unreadable (index named).
+
+        Example:
+            >>> m.encode_multimodal(["dress.jpg"], ["the same dress in red"]).dense.shape
+            (1, 768)
+        """
+        items, _ = as_text_list(texts)
+        return self._encode_visual(images, items, show_progress, truncate)
+
+    def _encode_visual(self, images: Any, texts: list[str] | None, show_progress: bool,
+                       truncate: bool = True) -> Embeddings:
+        from bge_core.families.visualized import IMAGE_CHUNK, as_image_list, image_items
+
+        if self.family != "visualized":
+            raise ValueError(f"{self.loaded.path} is a text model; images need a Visualized-BGE checkpoint")
+        pictures = as_image_list(images)
+        if texts is not None and len(texts) != len(pictures):
+            raise ValueError(f"{len(pictures)} images but {len(texts)} texts: pass one text per image "
+                             f"(index {min(len(pictures), len(texts))} has no partner)")
+        gather = DenseGather(len(pictures), self.dim)
+        size = self.loaded.family.image_size
+        options = {"normalize": self.spec.normalize}
+        # Decoded pixels are held only a chunk at a time.
+        for start in range(0, len(pictures), IMAGE_CHUNK):
+            part = pictures[start:start + IMAGE_CHUNK]
+            items = image_items(part, None if texts is None else texts[start:start + IMAGE_CHUNK], size, start)
+            shift = _Shifted(gather, start)
+            self.loaded.engine.run(items, max_length=self.max_length, options=options, truncate=truncate,
+                                   show_progress=show_progress, token_budget=self.batch_tokens, on_batch=shift)
+        return Embeddings(dense=gather.matrix)
+
     def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> Embeddings:
         """`encode` with the query instruction (and, for bge-en-icl, the in-context examples).
 
@@ -275,6 +328,16 @@ class DenseGather:
         """Write the vectors of `outputs` into matrix rows `rows`."""
         if outputs:
             self.matrix[rows] = np.stack(outputs if self._pick is None else [self._pick(o) for o in outputs])
+
+
+class _Shifted:
+    """`on_batch` of one chunk of a longer input: engine indices count from the chunk's `start`."""
+
+    def __init__(self, gather: DenseGather, start: int) -> None:
+        self.gather, self.start = gather, start
+
+    def __call__(self, indices: list[int], outputs: list[Any]) -> None:
+        self.gather([self.start + i for i in indices], outputs)
 
 
 def _dense_of(row: M3Row) -> np.ndarray:

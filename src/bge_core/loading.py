@@ -130,6 +130,8 @@ class LoadedModel:
     def spec_for(self, name_or_path: str) -> ModelSpec:
         """Defaults for a handle opened under `name_or_path`: the same files may be reached through
         a name the registry knows (``…/bge-small-en-v1.5``) and through one it does not."""
+        if self.spec.family == "visualized":  # a .pth file: nothing else to read
+            return self.spec
         spec = detect_spec(name_or_path, self.path)
         return spec if spec.family == self.spec.family else self.spec
 
@@ -154,6 +156,8 @@ def family_class(name: str) -> type[Family]:
         from bge_core.families.layerwise import LayerwiseRerankerFamily as cls
     elif name == "lightweight_reranker":
         from bge_core.families.lightweight import LightweightRerankerFamily as cls
+    elif name == "visualized":
+        from bge_core.families.visualized import VisualizedFamily as cls
     else:
         raise ValueError(f"unknown model family {name!r}")
     return cls
@@ -170,6 +174,7 @@ def load_model(
     token: str | None = None,
     packed: bool | None = None,
     worker_process: bool = False,
+    text_model: str | None = None,
 ) -> LoadedModel:
     """Load (or reuse) a checkpoint. Every caller naming the same checkpoint, device and dtype
     gets the same weights in memory. `token` is a Hugging Face token for private or gated hub ids.
@@ -183,7 +188,16 @@ def load_model(
         >>> m = load_model("BAAI/bge-m3", device="cpu")
         >>> m is load_model("BAAI/bge-m3", device="cpu")
         True
+
+    A Visualized-BGE ``.pth`` file loads with its BGE text model (`text_model`: hub id or directory; default:
+    the ``.pth``'s own directory when it holds a config.json), on one device.
     """
+    if _is_visualized(name_or_path):
+        if worker_process or (isinstance(device, (list, tuple)) and len(device) > 1):
+            raise ValueError("Visualized-BGE models run in this process on one device")
+        device = device[0] if isinstance(device, (list, tuple)) and device else device
+        return _load_visualized(os.fspath(name_or_path), text_model, device=device, dtype=dtype, revision=revision,
+                                cache_dir=cache_dir, token=token)
     if (isinstance(device, (list, tuple)) and len(device) > 1) or worker_process:
         devices = list(device) if isinstance(device, (list, tuple)) and device else [device]
         return _load_on_devices(name_or_path, devices, dtype=dtype, family=family, revision=revision,
@@ -220,6 +234,40 @@ def load_model(
                 ) from error
             engine = Engine(fam, torch_device, packed=packed)
             loaded = LoadedModel(path=path, spec=spec, family=fam, engine=engine, memo=OutputMemo())
+            _CACHE[key] = loaded
+    return loaded
+
+
+def _is_visualized(name_or_path: Any) -> bool:
+    return isinstance(name_or_path, (str, os.PathLike)) and os.fspath(name_or_path).endswith(".pth")
+
+
+def _load_visualized(pth: str, text_model: str | None, *, device: Any, dtype: Any, **hub: Any) -> LoadedModel:
+    """A Visualized-BGE ``.pth`` and its text model's config/tokenizer, cached like any model."""
+    from bge_core.registry import _position_limit, _read_json
+
+    if not os.path.isfile(pth):
+        raise ModelLoadError(f"{pth}: no such Visualized-BGE checkpoint file")
+    if text_model is None:
+        if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(pth)), "config.json")):
+            raise ModelLoadError(f"{pth}: pass text_model= (the BGE model it was trained from: hub id or directory)")
+        text_model = os.path.dirname(os.path.abspath(pth))
+    text_dir = resolve_path(text_model, **hub)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    config = _read_json(os.path.join(text_dir, "config.json"))
+    spec = FAMILY_DEFAULTS["visualized"]
+    spec = spec.with_overrides(max_length=min(8192 if config.get("model_type") == "xlm-roberta" else 512,
+                                              _position_limit(config)))
+    key = (os.path.realpath(pth) + "|" + os.path.realpath(text_dir), spec.family, str(torch_device), str(torch_dtype),
+           False)
+    with _CACHE_LOCK:
+        loaded = _CACHE.get(key)
+        if loaded is None:
+            check_files(text_dir)
+            fam = family_class("visualized").load(pth, spec, torch_device, torch_dtype, text_model=text_dir)
+            loaded = LoadedModel(path=pth, spec=spec, family=fam, engine=Engine(fam, torch_device, packed=False),
+                                 memo=OutputMemo())
             _CACHE[key] = loaded
     return loaded
 

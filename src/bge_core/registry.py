@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 FamilyName = Literal[
-    "dense", "m3", "llm_embedder", "icl", "cross_encoder", "llm_reranker", "layerwise_reranker", "lightweight_reranker"
+    "dense", "m3", "llm_embedder", "icl", "cross_encoder", "llm_reranker", "layerwise_reranker", "lightweight_reranker",
+    "visualized",
 ]
 Pooling = Literal["cls", "mean", "last_token"]
 
@@ -98,6 +99,8 @@ FAMILY_DEFAULTS: dict[str, ModelSpec] = {
     "llm_reranker": ModelSpec("llm_reranker"),
     "layerwise_reranker": ModelSpec("layerwise_reranker"),
     "lightweight_reranker": ModelSpec("lightweight_reranker"),
+    # Visualized-BGE (.pth + its BGE text model): CLS, normalised, no instructions (as the research code).
+    "visualized": ModelSpec("visualized"),
 }
 
 
