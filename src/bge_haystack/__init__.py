@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from haystack_integrations.components.embedders.bge import (
     BGEDocumentEmbedder,
+    BGEImageDocumentEmbedder,
     BGESparseDocumentEmbedder,
     BGESparseTextEmbedder,
     BGETextEmbedder,
@@ -21,6 +22,7 @@ from haystack_integrations.components.rankers.bge import BGERanker
 
 __all__ = [
     "BGEDocumentEmbedder",
+    "BGEImageDocumentEmbedder",
     "BGERanker",
     "BGESparseDocumentEmbedder",
     "BGESparseTextEmbedder",

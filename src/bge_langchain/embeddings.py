@@ -56,6 +56,9 @@ class BGEEmbeddings(BaseModel, Embeddings):
     """Cut over-long texts to `max_length`; False raises ValueError listing the indices."""
     show_progress: bool = False
     """Show a progress bar while encoding."""
+    text_model: str | None = None
+    """For a Visualized-BGE ``.pth`` `model_name` (images and texts): the BGE model it was trained from
+    (hub id or directory); default the ``.pth``'s directory."""
 
     _embedder: Embedder = PrivateAttr()
 
@@ -64,6 +67,7 @@ class BGEEmbeddings(BaseModel, Embeddings):
         self._embedder = core_model(
             Embedder, self.model_name, device=self.device, dtype=self.dtype, max_length=self.max_length,
             query_instruction=self.query_instruction, normalize=self.normalize, batch_tokens=self.batch_tokens,
+            **({"text_model": self.text_model} if self.text_model is not None else {}),
         )
 
     @property
@@ -98,6 +102,30 @@ class BGEEmbeddings(BaseModel, Embeddings):
             [check_query(text)], dense=True, truncate=self.truncate, show_progress=self.show_progress
         )
         return out.dense[0].tolist()
+
+    def embed_image(self, uris: list[str]) -> list[list[float]]:
+        """Embed images (Visualized-BGE models), as LangChain's image-capable embeddings do: in the same space as
+        `embed_query`'s texts, so a text query finds images.
+
+        Args:
+            uris: image file paths (bytes and PIL images are accepted too).
+
+        Raises:
+            ValueError: the model is a text model, or an image is unreadable, not an image or zero-size
+                (its index is named).
+
+        Example:
+            >>> emb = BGEEmbeddings(model_name="Visualized_base_en_v1.5.pth", text_model="BAAI/bge-base-en-v1.5")
+            >>> len(emb.embed_image(["cat.jpg"])[0])
+            768
+        """
+        if isinstance(uris, (str, bytes)):
+            raise TypeError(f"uris must be a list of image paths, got {type(uris).__name__}")
+        return self._embedder.encode_images(list(uris), show_progress=self.show_progress).dense.tolist()
+
+    async def aembed_image(self, uris: list[str]) -> list[list[float]]:
+        """`embed_image` in a worker thread: the event loop keeps running meanwhile."""
+        return await asyncio.to_thread(self.embed_image, uris)
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """`embed_documents` in a worker thread: the event loop keeps running meanwhile."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from bge_llamaindex.embedding import BGEEmbedding
 from bge_llamaindex.milvus_sparse import BGEM3SparseEmbeddingFunction
+from bge_llamaindex.multimodal import BGEVisualizedEmbedding
 from bge_llamaindex.rerank import BGEReranker
 
-__all__ = ["BGEEmbedding", "BGEM3SparseEmbeddingFunction", "BGEReranker"]
+__all__ = ["BGEEmbedding", "BGEM3SparseEmbeddingFunction", "BGEReranker", "BGEVisualizedEmbedding"]

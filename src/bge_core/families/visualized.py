@@ -55,7 +55,7 @@ class ImageItem:
 
 
 def read_image(image: ImageInput, index: int, what: str = "images") -> Any:
-    """Open `image` (a path, file bytes or a PIL image) as a fully decoded PIL image.
+    """Open `image` (a path, file bytes, a binary file object such as BytesIO, or a PIL image), fully decoded.
 
     Raises:
         TypeError: not a path, bytes or PIL image (index named).
@@ -69,9 +69,9 @@ def read_image(image: ImageInput, index: int, what: str = "images") -> Any:
 
     if isinstance(image, Image.Image):
         picture = image
-    elif isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+    elif isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)) or hasattr(image, "read"):
         source = io.BytesIO(bytes(image)) if isinstance(image, (bytes, bytearray, memoryview)) else image
-        name = "bytes" if isinstance(source, io.BytesIO) else os.fspath(image)
+        name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
         try:
             picture = Image.open(source)
             picture.load()  # decode now: a truncated file fails here, with its index
@@ -79,7 +79,8 @@ def read_image(image: ImageInput, index: int, what: str = "images") -> Any:
             raise ValueError(f"{what}[{index}] ({name!r:.80}) is not a readable image: "
                              f"{type(error).__name__}: {error}") from error
     else:
-        raise TypeError(f"{what}[{index}] must be a path, bytes or a PIL image, got {type(image).__name__}")
+        raise TypeError(f"{what}[{index}] must be a path, bytes, a binary file or a PIL image, "
+                        f"got {type(image).__name__}")
     if picture.width == 0 or picture.height == 0:
         raise ValueError(f"{what}[{index}] is a zero-size image ({picture.width}x{picture.height})")
     return picture
