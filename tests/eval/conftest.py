@@ -80,8 +80,10 @@ def write_custom(folder: Path, *, string_ids: bool = True, unjudged: bool = Fals
         return str(value) if string_ids else value
 
     folder.mkdir(parents=True, exist_ok=True)
+    # Every row has a title ("" where none): FlagEmbedding's loader (datasets) fills a title missing from
+    # some rows with None and its searcher then embeds "None <text>".
     write_jsonl(folder / "corpus.jsonl", [
-        {"id": key(d["_id"]), **({"title": d["title"]} if "title" in d else {}), "text": d["text"]} for d in _docs()])
+        {"id": key(d["_id"]), "title": d.get("title", ""), "text": d["text"]} for d in _docs()])
     queries = [q for q in QUERIES if unjudged or q["_id"] != "q8-unjudged"]
     write_jsonl(folder / "test_queries.jsonl", [{"id": key(q["_id"]), "text": q["text"]} for q in queries])
     write_jsonl(folder / "test_qrels.jsonl",

@@ -53,6 +53,8 @@ def _weights(text: str) -> tuple[float, float, float]:
 @click.option("--markdown-metrics", default="ndcg_at_10,recall_at_10", show_default=True,
               help="Metrics with a Markdown table.")
 @click.option("--save-run", help="Write the TREC run (qid Q0 docid rank score tag); several runs: one file each.")
+@click.option("--query-instruction", help="Text put before each query (default: the model's, e.g. bge-*-v1.5's; "
+              "'' for none).")
 @click.option("--device", help="cpu, cuda, cuda:1… (default: first GPU, else CPU).")
 @click.option("--dtype", type=DTYPES, help="Default bf16 on GPU, fp32 on CPU.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Tokens per text (default: the model's).")
@@ -60,7 +62,8 @@ def _weights(text: str) -> tuple[float, float, float]:
 def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, splits: str, k_text: str, top_k: int,
                  rerank_top_k: int, ignore_identical_ids: bool, backend: str, uri: str, weights_text: str,
                  output: str | None, markdown: str | None, markdown_metrics: str, save_run: str | None,
-                 device: str | None, dtype: str | None, max_length: int | None, quiet: bool) -> None:
+                 query_instruction: str | None, device: str | None, dtype: str | None, max_length: int | None,
+                 quiet: bool) -> None:
     """Evaluate MODEL on DATASET_DIR (BEIR: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv; or FlagEmbedding's
     custom layout: corpus.jsonl, SPLIT_queries.jsonl, SPLIT_qrels.jsonl) and print nDCG, MAP, recall,
     precision and MRR at each cutoff. Queries without judgements are skipped (their count is printed)."""
@@ -89,7 +92,8 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
             if split.unknown_doc_judgements:
                 click.echo(f"{split.name}: {split.unknown_doc_judgements} judgements name documents missing "
                            "from the corpus (they count as relevant and unfindable)", err=True)
-        embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length)
+        embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length,
+                                 query_instruction=query_instruction)
         rerank_model = None
         if reranker is not None:
             from bge_core import Reranker
