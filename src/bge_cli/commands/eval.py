@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from bge_cli.common import DTYPES, load_embedder, milvus, user_errors
@@ -28,6 +30,20 @@ def _weights(text: str) -> tuple[float, float, float]:
         raise click.BadParameter(f"expected three non-negative numbers DENSE,SPARSE,COLBERT, got {text!r}",
                                  param_hint="--weights")
     return values  # type: ignore[return-value]
+
+
+def _dataset_notes(dataset: Any) -> list[str]:
+    """What the reader left out or could not match, one line each (the documented skips)."""
+    notes = []
+    for split in dataset.splits.values():
+        if split.skipped_queries:
+            notes.append(f"{split.name}: skipped {split.skipped_queries} queries without judgements")
+        if split.unknown_query_judgements:
+            notes.append(f"{split.name}: ignored {split.unknown_query_judgements} judgements of unknown queries")
+        if split.unknown_doc_judgements:
+            notes.append(f"{split.name}: {split.unknown_doc_judgements} judgements name documents missing from the "
+                         "corpus (they count as relevant and unfindable)")
+    return notes
 
 
 @click.command(name="eval")
@@ -83,15 +99,6 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
     table_metrics = [m.strip() for m in markdown_metrics.split(",") if m.strip()] or list(DEFAULT_TABLE_METRICS)
     with user_errors():
         dataset = read_dataset(dataset_dir, [s.strip() for s in splits.split(",") if s.strip()])
-        for split in dataset.splits.values():
-            if split.skipped_queries:
-                click.echo(f"{split.name}: skipped {split.skipped_queries} queries without judgements", err=True)
-            if split.unknown_query_judgements:
-                click.echo(f"{split.name}: ignored {split.unknown_query_judgements} judgements of unknown queries",
-                           err=True)
-            if split.unknown_doc_judgements:
-                click.echo(f"{split.name}: {split.unknown_doc_judgements} judgements name documents missing "
-                           "from the corpus (they count as relevant and unfindable)", err=True)
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length,
                                  query_instruction=query_instruction)
         rerank_model = None
@@ -122,6 +129,8 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
     shown = list(dict.fromkeys(shown))
     rows = [[mode_name, reranker_name, split, *(f"{values[m]:.4f}" for m in shown)]
             for (mode_name, reranker_name, split), values in result.metrics.items()]
+    for note in _dataset_notes(dataset):
+        click.echo(note, err=True)
     click.echo(f"{result.model} on {dataset.name} ({dataset.layout}, {len(dataset.corpus_ids)} documents)")
     click.echo(format_table(["mode", "reranker", "split", *shown], rows, right=set(range(3, 3 + len(shown)))))
     for target in written:
