@@ -121,7 +121,8 @@ def test_the_cycle_finder_finds_cycles():
 
 
 def test_layers_point_down():
-    """Core imports no other package of ours; adapters import no application."""
+    """Core imports no other package of ours; adapters import no application; the applications other
+    than the command line (its entry point) import neither the command line nor each other."""
     graph = import_graph()
     applications = ("bge_cli", "bge_server", "bge_ray", "bge_eval")
     for module, imports in graph.items():
@@ -131,3 +132,6 @@ def test_layers_point_down():
             assert tops <= {"bge_core"}, f"{module} imports {sorted(tops - {'bge_core'})}"
         elif top not in applications:
             assert not tops & set(applications), f"adapter {module} imports an application: {sorted(tops)}"
+        elif top != "bge_cli":
+            others = tops & set(applications) - {top}
+            assert not others, f"application {module} imports {sorted(others)}"
