@@ -1,5 +1,8 @@
 """bge_core: BAAI's BGE embedders and rerankers on one engine, with FlagEmbedding's numbers.
 
+Layer: the library, at the bottom. It imports no other package of this project, and no framework,
+Milvus, HTTP stack, Ray, click or file-format library (`tests/layers`); everything else is built on it.
+
 Example:
     >>> from bge_core import Embedder, Reranker
     >>> m3 = Embedder("BAAI/bge-m3")

@@ -1,5 +1,8 @@
 """bge_milvus: BGE-M3 hybrid (dense + sparse) search on Milvus Lite or any Milvus, on the bge_core engine.
 
+Layer: adapter. It imports `bge_core` (and pymilvus), no application; `bge_cli`, `bge_ray` and
+`bge_eval` build on it.
+
 - `BGEM3EmbeddingFunction` and `BGERerankFunction`: pymilvus-model's classes of those names (same
   keywords, methods and return types), without FlagEmbedding or run-time pip installs.
 - `HybridCollection`: create or reopen a dense + sparse collection, `add` texts idempotently,

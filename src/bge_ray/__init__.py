@@ -1,5 +1,8 @@
 """bge_ray: BGE embedders and rerankers on Ray Data, a Milvus sink, and Milvus bulk-import files.
 
+Layer: application. It imports `bge_core` and `bge_milvus` (no other application); `bge encode --ray`
+and `bge index --ray` in `bge_cli` call it.
+
 The same engine as the rest of the project (`bge_core.Embedder` / `bge_core.Reranker`), one model load
 per Ray actor, one actor per GPU by default.
 

@@ -1,5 +1,8 @@
 """bge_server: `bge serve`, one HTTP server for TEI, OpenAI and Cohere clients on the bge_core engine.
 
+Layer: application. It imports `bge_core` only (no other application); `bge serve` in `bge_cli`
+starts it.
+
 Routes: TEI's ``/embed`` (also ``/`` and ``/invocations``), ``/embed_sparse``, ``/rerank``, ``/predict``,
 ``/similarity``, ``/tokenize``, ``/decode``, ``/info``, ``/health``, ``/metrics``; OpenAI's
 ``/v1/embeddings``; Cohere/Jina's ``/v1/rerank`` and ``/v2/rerank``; and ``/embed_m3`` (BGE-M3 dense +
