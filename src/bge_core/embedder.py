@@ -236,8 +236,14 @@ class Embedder(ModelHandle):
             part = pictures[start:start + IMAGE_CHUNK]
             items = image_items(part, None if texts is None else texts[start:start + IMAGE_CHUNK], size, start)
             shift = _Shifted(gather, start)
-            self.loaded.engine.run(items, max_length=self.max_length, options=options, truncate=truncate,
-                                   show_progress=show_progress, token_budget=self.batch_tokens, on_batch=shift)
+            try:
+                self.loaded.engine.run(items, max_length=self.max_length, options=options, truncate=truncate,
+                                       show_progress=show_progress, token_budget=self.batch_tokens, on_batch=shift)
+            except ValueError as error:
+                if start == 0:
+                    raise
+                # the engine counts within this chunk: say where the chunk starts
+                raise ValueError(f"{error} (indices counted from input {start})") from error
         return Embeddings(dense=gather.matrix)
 
     def encode_queries(self, texts: str | Sequence[str], **kwargs: Any) -> Embeddings:

@@ -101,3 +101,30 @@ def test_over_long_text_is_cut_to_fit_the_image_tokens(visualized_base):
     assert np.isfinite(vector).all()
     with pytest.raises(ValueError, match="index 0"):
         model.encode_multimodal([noise_image(50, 50)], [long], truncate=False)
+
+
+def test_text_weights_come_from_the_pth(visualized_base, tmp_path):
+    """The text model supplies config and tokenizer only (as the research code): other weights in its directory
+    change nothing."""
+    from tests.fixtures import checkpoints
+
+    pth, text_dir = visualized_base
+    other = checkpoints.build_bert_dense(str(tmp_path / "bge-tiny-other"), seed=7)
+    ours = Embedder(pth, text_model=other, device="cpu").encode(TEXTS).dense
+    plain_same = Embedder(text_dir, device="cpu").encode(TEXTS).dense
+    plain_other = Embedder(other, device="cpu").encode(TEXTS).dense
+    np.testing.assert_allclose(ours, plain_same, atol=1e-5)
+    assert cosines(ours, plain_other).min() < 0.99
+
+
+def test_pth_next_to_its_text_model_needs_no_text_model(visualized_base, tmp_path):
+    import shutil
+
+    pth, text_dir = visualized_base
+    folder = tmp_path / "bge-base-en-v1.5"
+    shutil.copytree(text_dir, folder)
+    shutil.copy(pth, folder / "Visualized_base_en_v1.5.pth")
+    picture = noise_image(90, 70)
+    alone = Embedder(str(folder / "Visualized_base_en_v1.5.pth"), device="cpu").encode_images([picture]).dense
+    given = Embedder(pth, text_model=text_dir, device="cpu").encode_images([picture]).dense
+    np.testing.assert_allclose(alone, given, atol=1e-6)
