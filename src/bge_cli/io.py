@@ -14,14 +14,17 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from bge_core.errors import BgeCoreError
+
+if TYPE_CHECKING:  # imported where used: reading text or JSONL never loads pyarrow
+    import pyarrow as pa
 
 T = TypeVar("T")
 
@@ -296,26 +299,11 @@ class ParquetSink:
         pa = self.pa
         columns: list[Any] = [pa.array(ids, pa.string()), pa.array(texts, pa.string())]
         if self.dense_dim is not None:
-            flat = pa.array(np.ascontiguousarray(out.dense, dtype=np.float32).ravel())
-            columns.append(pa.FixedSizeListArray.from_arrays(flat, self.dense_dim))
+            columns.append(dense_column(out.dense))
         if self.sparse:
-            rows = out.lexical_weights
-            offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-            offsets[1:] = np.cumsum([len(r) for r in rows])
-            keys = [sorted(r) for r in rows]
-            n = int(offsets[-1])
-            indices = np.fromiter((t for k in keys for t in k), dtype=np.int32, count=n)
-            values = np.fromiter((r[t] for r, k in zip(rows, keys) for t in k), dtype=np.float32, count=n)
-            columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(indices)))
-            columns.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+            columns.extend(sparse_columns(out.lexical_weights))
         if self.colbert_dim is not None:
-            vectors = out.colbert_vectors
-            offsets = np.zeros(len(vectors) + 1, dtype=np.int32)
-            offsets[1:] = np.cumsum([len(v) for v in vectors])
-            flat = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in vectors]) if vectors \
-                else np.zeros(0, dtype=np.float32)
-            inner = pa.FixedSizeListArray.from_arrays(pa.array(flat), self.colbert_dim)
-            columns.append(pa.ListArray.from_arrays(pa.array(offsets), inner))
+            columns.append(colbert_column(out.colbert_vectors, self.colbert_dim))
         self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
         self.rows += len(ids)
 
@@ -433,3 +421,39 @@ def format_table(headers: list[str], rows: list[list[str]], right: set[int] | No
         return "  ".join(padded).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+# -- vector columns (the `bge encode` Parquet layout; `bge_ray` writes the same) ------------------------
+
+
+def dense_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """An (n, dim) matrix as a fixed-size-list<float32, dim> column (the `bge encode` Parquet layout)."""
+    import pyarrow as pa
+
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def sparse_columns(rows: Sequence[dict[int, float]]) -> tuple[pa.ListArray, pa.ListArray]:
+    """``{token_id: weight}`` rows as list<int32> token ids (sorted) and list<float32> weights."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(r) for r in rows])
+    keys = [sorted(r) for r in rows]
+    total = int(offsets[-1])
+    indices = np.fromiter((t for k in keys for t in k), dtype=np.int32, count=total)
+    values = np.fromiter((r[t] for r, k in zip(rows, keys) for t in k), dtype=np.float32, count=total)
+    return (pa.ListArray.from_arrays(pa.array(offsets), pa.array(indices)),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+
+
+def colbert_column(vectors: Sequence[np.ndarray], dim: int) -> pa.ListArray:
+    """Per text a (tokens, dim) array as list<fixed-size-list<float32, dim>>."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(vectors) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum([len(v) for v in vectors])
+    flat = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in vectors]) if len(vectors) \
+        else np.zeros(0, dtype=np.float32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(flat), dim))

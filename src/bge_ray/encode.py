@@ -13,15 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from bge_ray.rows import (
-    BadRowError,
-    colbert_column,
-    dense_column,
-    describe_row,
-    first_problem,
-    sparse_columns,
-    texts_of,
-)
+from bge_cli.io import colbert_column, dense_column, sparse_columns  # the `bge encode` Parquet layout
+from bge_ray.rows import BadRowError, describe_row, first_problem, texts_of
 
 if TYPE_CHECKING:
     from ray.data import Dataset

@@ -170,33 +170,6 @@ def metadata_of(table: pa.Table, columns: Sequence[str]) -> list[dict[str, Any]]
 # -- vector columns -------------------------------------------------------------------------------------
 
 
-def dense_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    """An (n, dim) matrix as a fixed-size-list<float32, dim> column (the `bge encode` Parquet layout)."""
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
-
-
-def sparse_columns(rows: Sequence[dict[int, float]]) -> tuple[pa.ListArray, pa.ListArray]:
-    """``{token_id: weight}`` rows as list<int32> token ids (sorted) and list<float32> weights."""
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum([len(r) for r in rows])
-    keys = [sorted(r) for r in rows]
-    total = int(offsets[-1])
-    indices = np.fromiter((t for k in keys for t in k), dtype=np.int32, count=total)
-    values = np.fromiter((r[t] for r, k in zip(rows, keys) for t in k), dtype=np.float32, count=total)
-    return (pa.ListArray.from_arrays(pa.array(offsets), pa.array(indices)),
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
-
-
-def colbert_column(vectors: Sequence[np.ndarray], dim: int) -> pa.ListArray:
-    """Per text a (tokens, dim) array as list<fixed-size-list<float32, dim>>."""
-    offsets = np.zeros(len(vectors) + 1, dtype=np.int32)
-    offsets[1:] = np.cumsum([len(v) for v in vectors])
-    flat = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in vectors]) if len(vectors) \
-        else np.zeros(0, dtype=np.float32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(flat), dim))
-
-
 def dense_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """A dense column (fixed-size list, list, or Ray's tensor extension type) as an (n, dim) float32 matrix."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
