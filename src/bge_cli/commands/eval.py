@@ -84,6 +84,7 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
     custom layout: corpus.jsonl, SPLIT_queries.jsonl, SPLIT_qrels.jsonl) and print nDCG, MAP, recall,
     precision and MRR at each cutoff. Queries without judgements are skipped (their count is printed)."""
     from bge_eval import read_dataset
+    from bge_eval.metrics import metric_names
     from bge_eval.runner import DEFAULT_TABLE_METRICS, evaluate, write_json, write_trec_run
 
     k_values = _int_list(k_text, "--k")
@@ -97,7 +98,10 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
                 raise click.UsageError("--backend milvus stores dense and sparse vectors only; use --backend exact "
                                        "for --mode colbert")
     table_metrics = [m.strip() for m in markdown_metrics.split(",") if m.strip()] or list(DEFAULT_TABLE_METRICS)
+    unknown = [m for m in table_metrics if m not in metric_names(k_values)]
     with user_errors():
+        if unknown:  # checked before the run, not after it
+            raise InputError(f"--markdown-metrics: unknown metric(s) {unknown} for --k {k_text}")
         dataset = read_dataset(dataset_dir, [s.strip() for s in splits.split(",") if s.strip()])
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length,
                                  query_instruction=query_instruction)
@@ -110,9 +114,6 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
         result = evaluate(dataset, embedder, modes=modes, reranker=rerank_model, k_values=k_values, top_k=top_k,
                           rerank_top_k=rerank_top_k, ignore_identical_ids=ignore_identical_ids, backend=backend,
                           uri=uri, weights=weights, max_length=max_length, show_progress=not quiet)
-        unknown = [m for m in table_metrics if not any(m in values for values in result.metrics.values())]
-        if unknown:
-            raise InputError(f"--markdown-metrics: unknown metric(s) {unknown} for --k {k_text}")
         if output:
             with atomic_output(output) as tmp:
                 write_json(result, tmp)
