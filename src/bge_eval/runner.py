@@ -242,43 +242,54 @@ def evaluate(
         raise ValueError(f"k values must be positive integers, got {k_values}")
     result = EvalResult(display_name(embedder.name), None if reranker is None else display_name(reranker.name),
                         k_values)
-    queries: dict[str, str] = {}
+    # Splits may reuse a query id for another text (FlagEmbedding's custom layout has one queries file per
+    # split): such splits go to separate groups, so every query is searched with its own split's text.
+    groups: list[dict[str, str]] = []
+    group_of: dict[str, int] = {}
     for split in dataset.splits.values():
         result.skipped_queries[split.name] = split.skipped_queries
-        queries.update(split.queries)
-    query_ids = list(queries)
+        fits = (i for i, g in enumerate(groups) if all(g.get(q, text) == text for q, text in split.queries.items()))
+        index_of_group = next(fits, None)
+        if index_of_group is None:
+            groups.append({})
+            index_of_group = len(groups) - 1
+        groups[index_of_group].update(split.queries)
+        group_of[split.name] = index_of_group
     if backend == "exact":
         parts = parts_for(modes, weights)
         docs = encode(embedder, dataset.corpus_texts, queries=False, parts=parts, max_length=max_length,
                       show_progress=show_progress)
-        encoded = encode(embedder, [queries[q] for q in query_ids], queries=True, parts=parts, max_length=max_length,
-                         show_progress=show_progress)
+        encoded = [encode(embedder, list(group.values()), queries=True, parts=parts, max_length=max_length,
+                          show_progress=show_progress) for group in groups]
         device = embedder.device[0] if isinstance(embedder.device, list) else embedder.device
         index = ExactSearch(dataset.corpus_ids, docs, device=device, weights=weights)
-        search = lambda mode: index.search(mode, encoded, query_ids, top_k,  # noqa: E731
-                                           ignore_identical_ids=ignore_identical_ids, show_progress=show_progress)
+        search = lambda mode, g: index.search(mode, encoded[g], list(groups[g]), top_k,  # noqa: E731
+                                              ignore_identical_ids=ignore_identical_ids, show_progress=show_progress)
     elif backend == "milvus":
         if embedder.family != "m3":
             raise ValueError(f"{embedder.name}: the milvus backend needs a BGE-M3 model (dense + sparse collection)")
-        search = lambda mode: milvus_search(  # noqa: E731
-            embedder, dataset.corpus_ids, dataset.corpus_texts, queries, mode, top_k, uri=uri or "./bge_eval.db",
+        search = lambda mode, g: milvus_search(  # noqa: E731
+            embedder, dataset.corpus_ids, dataset.corpus_texts, groups[g], mode, top_k, uri=uri or "./bge_eval.db",
             weights=weights, ignore_identical_ids=ignore_identical_ids, show_progress=show_progress,
             max_length=max_length)
     else:
         raise ValueError(f"backend must be 'exact' or 'milvus', got {backend!r}")
     doc_text = dict(zip(dataset.corpus_ids, dataset.corpus_texts))
     for mode in modes:
-        run = search(mode)
-        stages = [(NO_RERANKER, run)]
-        if reranker is not None:
-            stages.append((result.reranker, rerank_run(reranker, run, queries, doc_text, rerank_top_k,
-                                                       show_progress=show_progress)))
-        for name, stage_run in stages:
-            for split in dataset.splits.values():
-                split_run = {qid: stage_run[qid] for qid in split.queries}
-                key = (mode, name, split.name)
-                result.runs[key] = split_run
-                result.metrics[key] = evaluate_run(split.qrels, split_run, k_values)
+        for g, group in enumerate(groups):
+            run = search(mode, g)
+            stages = [(NO_RERANKER, run)]
+            if reranker is not None:
+                stages.append((result.reranker, rerank_run(reranker, run, group, doc_text, rerank_top_k,
+                                                           show_progress=show_progress)))
+            for name, stage_run in stages:
+                for split in dataset.splits.values():
+                    if group_of[split.name] != g:
+                        continue
+                    split_run = {qid: stage_run[qid] for qid in split.queries}
+                    key = (mode, name, split.name)
+                    result.runs[key] = split_run
+                    result.metrics[key] = evaluate_run(split.qrels, split_run, k_values)
     return result
 
 
