@@ -74,12 +74,13 @@ def _dataset_notes(dataset: Any) -> list[str]:
 @click.option("--device", help="cpu, cuda, cuda:1… (default: first GPU, else CPU).")
 @click.option("--dtype", type=DTYPES, help="Default bf16 on GPU, fp32 on CPU.")
 @click.option("--max-length", type=click.IntRange(min=1), help="Tokens per text (default: the model's).")
+@click.option("--batch-tokens", type=click.IntRange(min=1), help="Token budget of one forward batch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, splits: str, k_text: str, top_k: int,
                  rerank_top_k: int, ignore_identical_ids: bool, backend: str, uri: str, weights_text: str,
                  output: str | None, markdown: str | None, markdown_metrics: str, save_run: str | None,
                  query_instruction: str | None, device: str | None, dtype: str | None, max_length: int | None,
-                 quiet: bool) -> None:
+                 batch_tokens: int | None, quiet: bool) -> None:
     """Evaluate MODEL on DATASET_DIR (BEIR: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv; or FlagEmbedding's
     custom layout: corpus.jsonl, SPLIT_queries.jsonl, SPLIT_qrels.jsonl) and print nDCG, MAP, recall,
     precision and MRR at each cutoff. Queries without judgements are skipped (their count is printed)."""
@@ -104,13 +105,13 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
             raise InputError(f"--markdown-metrics: unknown metric(s) {unknown} for --k {k_text}")
         dataset = read_dataset(dataset_dir, [s.strip() for s in splits.split(",") if s.strip()])
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length,
-                                 query_instruction=query_instruction)
+                                 query_instruction=query_instruction, batch_tokens=batch_tokens)
         rerank_model = None
         if reranker is not None:
             from bge_core import Reranker
 
             prepare_hub([reranker])
-            rerank_model = Reranker(reranker, device=device, dtype=dtype)
+            rerank_model = Reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens)
         result = evaluate(dataset, embedder, modes=modes, reranker=rerank_model, k_values=k_values, top_k=top_k,
                           rerank_top_k=rerank_top_k, ignore_identical_ids=ignore_identical_ids, backend=backend,
                           uri=uri, weights=weights, max_length=max_length, show_progress=not quiet)
