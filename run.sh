@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import bge_core, FlagEmbedding" 2>/dev/null; then
+if ! .venv/bin/python -c "import bge_core, bge_cli, FlagEmbedding, fastapi, ray, pytrec_eval, LM_Cocktail, PIL" 2>/dev/null; then
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q torch==2.13.0          # the CPU build; an unpinned torch pulls a multi-GB CUDA build
     .venv/bin/pip install -q -e ".[test]"
