@@ -4,10 +4,15 @@ Preprocessing with Pillow + numpy, the EVA02 tower as explicit tensor math on th
 softmax attention, rotate-half on interleaved pairs), the BGE encoder from transformers, and the
 composition rule of ``Visualized_BGE.encode_mm`` (text embedded by HF's embedding module with position_ids
 ``[0] + arange(N+1, N+T)``, image tokens ``LayerNorm(visual_proj(tokens) + position rows 1..N)``).
+The vision tower is pluggable: `OracleVisualizedBGE(..., tower=...)` takes any function from a PIL image to
+the tower's token states (1 + N, W) before its final norm (test_timm_oracle.py plugs in timm's EVA02 with
+torchvision's preprocessing); by default it is the hand-written `eva_tokens` on `pixels`.
 Nothing here imports bge_core.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -80,10 +85,18 @@ def eva_tokens(sd: dict[str, torch.Tensor], image: torch.Tensor, head_dim: int) 
     return x
 
 
-class OracleVisualizedBGE:
-    """encode_text / encode_image / encode_mm of the research model, one input at a time, fp32."""
+#: A vision tower for the oracle: PIL image -> token states (1 + N, W) of the last block, before the final norm.
+Tower = Callable[[Image.Image], torch.Tensor]
 
-    def __init__(self, pth: str, text_dir: str) -> None:
+
+class OracleVisualizedBGE:
+    """encode_text / encode_image / encode_mm of the research model, one input at a time, fp32.
+
+    `tower` replaces the hand-written EVA02 tower (and its preprocessing); the composition and the BGE encoder
+    stay the same.
+    """
+
+    def __init__(self, pth: str, text_dir: str, tower: Tower | None = None) -> None:
         self.sd = torch.load(pth, map_location="cpu", weights_only=True)
         config = AutoConfig.from_pretrained(text_dir)
         config._attn_implementation = "eager"
@@ -93,6 +106,11 @@ class OracleVisualizedBGE:
         self.bert.embeddings.load_state_dict(
             {k[15:]: v for k, v in self.sd.items() if k.startswith("bge_embeddings.")}, strict=False)
         self.head_dim = self.sd["model_visual.visual.rope.freqs_cos"].shape[1]
+        self.tower: Tower = tower if tower is not None else self.hand_written_tower
+
+    def hand_written_tower(self, picture: Image.Image) -> torch.Tensor:
+        """`pixels` + `eva_tokens`: (1 + N, W)."""
+        return eva_tokens(self.sd, pixels(picture), self.head_dim)
 
     @torch.no_grad()
     def text(self, text: str) -> torch.Tensor:
@@ -103,7 +121,7 @@ class OracleVisualizedBGE:
 
     @torch.no_grad()
     def multimodal(self, picture: Image.Image, text: str) -> torch.Tensor:
-        tokens = eva_tokens(self.sd, pixels(picture), self.head_dim)[1:]
+        tokens = self.tower(picture)[1:]
         n = tokens.shape[0]
         emb = self.bert.embeddings
         img = tokens @ self.sd["visual_proj.weight"].T + self.sd["visual_proj.bias"]
