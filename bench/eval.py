@@ -80,25 +80,38 @@ def write_dataset(folder: str, passages: int, queries: int) -> str:
     return folder
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def timed(command: list[str], env: dict[str, str], stages: dict[str, float] | None = None) -> float:
+    """Run `command` to its end; its wall time. `bge eval`'s own ``seconds:`` line goes into `stages`."""
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
         raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}")
+    if stages is not None:
+        for line in done.stderr.splitlines():
+            if line.startswith("seconds: "):
+                for item in line[len("seconds: "):].split(", "):
+                    stage, _, value = item.rpartition(" ")
+                    stages[stage] = float(value)
     return seconds
 
 
-def run_bge(model: str, data: str, work: str, device: str, fp16: bool, env: dict[str, str]) -> tuple[float, dict]:
+def run_bge(model: str, data: str, work: str, device: str, fp16: bool, env: dict[str, str],
+            profile: str | None = None) -> tuple[float, dict, dict[str, float]]:
+    """`bge eval` end to end: (seconds, its dense metrics, its own per-stage seconds). With `profile`, the
+    run is sampled by py-spy (all threads, native frames off) into that raw flame-graph file."""
     out = os.path.join(work, "bge.json")
     command = [sys.executable, "-m", "bge_cli", "eval", data, "--model", model, "--device", device,
                "--k", "1,10,100", "--top-k", "1000", "-o", out, "-q"]
     if fp16:
         command += ["--dtype", "fp16"]
-    seconds = timed(command, env)
+    if profile:
+        command = ["py-spy", "record", "-r", "100", "--format", "raw", "-o", profile, "--", *command]
+    stages: dict[str, float] = {}
+    seconds = timed(command, env, stages)
     metrics = json.load(open(out))
-    return seconds, next(iter(metrics.values()))["dense"]["NoReranker"]["test"]
+    return seconds, next(iter(metrics.values()))["dense"]["NoReranker"]["test"], stages
 
 
 def run_flagembedding(model: str, data: str, work: str, device: str, fp16: bool,
@@ -124,6 +137,8 @@ def main() -> None:
     parser.add_argument("--passages", type=int)
     parser.add_argument("--queries", type=int)
     parser.add_argument("--skip-flagembedding", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="Also run `bge eval` once more under py-spy ($OUT/eval-pyspy.txt, not timed).")
     args = parser.parse_args()
     passages = args.passages or (2_000 if args.quick else 100_000)
     queries = args.queries or (100 if args.quick else 1_000)
@@ -137,15 +152,20 @@ def main() -> None:
     work = os.path.join(OUT, "eval-work")
     os.makedirs(work, exist_ok=True)
     fp16 = args.device.startswith("cuda")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Both systems as a user runs them: tokenizers' own threads allowed (no TOKENIZERS_PARALLELISM=false).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     card = "cpu"
     if args.device.startswith("cuda"):
         import torch
 
         card = torch.cuda.get_device_name(torch.device(args.device))
     rows = []
-    seconds, metrics = run_bge(model, data, work, args.device, fp16, env)
-    rows.append({"system": "bge eval", "seconds": seconds, **{k: metrics[k] for k in ("ndcg_at_10", "recall_at_100")}})
+    seconds, metrics, stages = run_bge(model, data, work, args.device, fp16, env)
+    rows.append({"system": "bge eval", "seconds": seconds, **{k: metrics[k] for k in ("ndcg_at_10", "recall_at_100")},
+                 "stages": stages})
+    print("bge eval stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+    if args.profile:
+        run_bge(model, data, work, args.device, fp16, env, profile=os.path.join(OUT, "eval-pyspy.txt"))
     if not args.skip_flagembedding:
         seconds, metrics = run_flagembedding(model, data, work, args.device, fp16, env)
         rows.append({"system": "FlagEmbedding.evaluation.custom", "seconds": seconds,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,8 @@ class EvalResult:
         runs: ``{(mode, reranker, split): {qid: {docid: score}}}`` (reranker is ``"NoReranker"`` or the name).
         metrics: same keys → ``{"ndcg_at_10": …, …}``.
         skipped_queries: split → queries left out because they have no judgement.
+        seconds: wall time of each stage (``encode corpus``, ``encode queries``, ``search``, ``rerank``,
+            ``metrics``), summed over modes and splits.
     """
 
     model: str
@@ -61,6 +64,11 @@ class EvalResult:
     runs: dict[tuple[str, str, str], Run] = field(default_factory=dict)
     metrics: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
     skipped_queries: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, stage: str, started: float) -> None:
+        """Add the time since `started` (a `time.perf_counter()` value) to `stage`."""
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
 
     def to_json(self) -> dict[str, Any]:
         """``{model: {mode: {reranker: {split: {metric: value}}}}}``.
@@ -257,10 +265,14 @@ def evaluate(
         group_of[split.name] = index_of_group
     if backend == "exact":
         parts = parts_for(modes, weights)
+        started = time.perf_counter()
         docs = encode(embedder, dataset.corpus_texts, queries=False, parts=parts, max_length=max_length,
                       show_progress=show_progress)
+        result.timed("encode corpus", started)
+        started = time.perf_counter()
         encoded = [encode(embedder, list(group.values()), queries=True, parts=parts, max_length=max_length,
                           show_progress=show_progress) for group in groups]
+        result.timed("encode queries", started)
         device = embedder.device[0] if isinstance(embedder.device, list) else embedder.device
         index = ExactSearch(dataset.corpus_ids, docs, device=device, weights=weights)
         search = lambda mode, g: index.search(mode, encoded[g], list(groups[g]), top_k,  # noqa: E731
@@ -277,11 +289,16 @@ def evaluate(
     doc_text = dict(zip(dataset.corpus_ids, dataset.corpus_texts))
     for mode in modes:
         for g, group in enumerate(groups):
+            started = time.perf_counter()
             run = search(mode, g)
+            result.timed("search", started)
             stages = [(NO_RERANKER, run)]
             if reranker is not None:
+                started = time.perf_counter()
                 stages.append((result.reranker, rerank_run(reranker, run, group, doc_text, rerank_top_k,
                                                            show_progress=show_progress)))
+                result.timed("rerank", started)
+            started = time.perf_counter()
             for name, stage_run in stages:
                 for split in dataset.splits.values():
                     if group_of[split.name] != g:
@@ -290,6 +307,7 @@ def evaluate(
                     key = (mode, name, split.name)
                     result.runs[key] = split_run
                     result.metrics[key] = evaluate_run(split.qrels, split_run, k_values)
+            result.timed("metrics", started)
     return result
 
 

@@ -84,6 +84,8 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
     """Evaluate MODEL on DATASET_DIR (BEIR: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv; or FlagEmbedding's
     custom layout: corpus.jsonl, SPLIT_queries.jsonl, SPLIT_qrels.jsonl) and print nDCG, MAP, recall,
     precision and MRR at each cutoff. Queries without judgements are skipped (their count is printed)."""
+    import time
+
     from bge_eval import read_dataset
     from bge_eval.metrics import metric_names
     from bge_eval.runner import DEFAULT_TABLE_METRICS, evaluate, write_json, write_trec_run
@@ -103,7 +105,10 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
     with user_errors():
         if unknown:  # checked before the run, not after it
             raise InputError(f"--markdown-metrics: unknown metric(s) {unknown} for --k {k_text}")
+        started = time.perf_counter()
         dataset = read_dataset(dataset_dir, [s.strip() for s in splits.split(",") if s.strip()])
+        read_seconds = time.perf_counter() - started
+        started = time.perf_counter()
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length,
                                  query_instruction=query_instruction, batch_tokens=batch_tokens)
         rerank_model = None
@@ -112,6 +117,7 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
 
             prepare_hub([reranker])
             rerank_model = Reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens)
+        load_seconds = time.perf_counter() - started
         result = evaluate(dataset, embedder, modes=modes, reranker=rerank_model, k_values=k_values, top_k=top_k,
                           rerank_top_k=rerank_top_k, ignore_identical_ids=ignore_identical_ids, backend=backend,
                           uri=uri, weights=weights, max_length=max_length, show_progress=not quiet)
@@ -137,3 +143,5 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
     click.echo(format_table(["mode", "reranker", "split", *shown], rows, right=set(range(3, 3 + len(shown)))))
     for target in written:
         click.echo(f"run: {target}")
+    stages = {"read data": read_seconds, "load models": load_seconds, **result.seconds}
+    click.echo("seconds: " + ", ".join(f"{stage} {value:.2f}" for stage, value in stages.items()), err=True)
