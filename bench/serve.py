@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -125,21 +126,54 @@ def start_infinity(python: str, model: str, device: str) -> tuple[subprocess.Pop
     raise RuntimeError(f"infinity_emb did not start ({' '.join(command)})")
 
 
-def load(url: str, path: str, field: str, batches: list[list[str]], clients: int) -> dict[str, Any]:
+def load(url: str, path: str, field: str, batches: list[list[str]], clients: int,
+         processes: int = 8) -> dict[str, Any]:
     """`clients` concurrent clients share `batches` (one request each, in order); bounded by SCENARIO_LIMIT_S.
 
-    aiohttp where installed (httpx's async pool costs more client CPU than the server spends at 64 clients)."""
+    The clients run in up to `processes` load-generator processes (asyncio each; aiohttp where installed,
+    as httpx's async pool costs more client CPU per request), so that one generator's Python is not the
+    ceiling of what is measured. Throughput counts from the common start to the last answer."""
+    processes = max(1, min(processes, clients))
+    shares = [batches[i::processes] for i in range(processes)]
+    per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    spawn = multiprocessing.get_context("spawn")
+    start_at = spawn.Value("d", 0.0)
+    ready = spawn.Barrier(processes + 1)
+    answers = spawn.Queue()
+    workers = [spawn.Process(target=_load_process, args=(url, path, field, share, n, ready, start_at, answers))
+               for share, n in zip(shares, per_process)]
+    for worker in workers:
+        worker.start()
+    try:
+        ready.wait(180)  # every generator connected and warmed up
+        start_at.value = time.perf_counter() + 0.05
+        results = [answers.get(timeout=SCENARIO_LIMIT_S + 120) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(30)
+            if worker.is_alive():
+                worker.kill()
+    latencies = sorted(x for lat, _, _ in results for x in lat)
+    sent = sum(n for _, n, _ in results)
+    seconds = max(end for _, _, end in results) - start_at.value
+    return {"texts_s": sent / seconds, "p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "requests": len(latencies)}
+
+
+def _load_process(url: str, path: str, field: str, batches: list[list[str]], clients: int, ready: Any,
+                  start_at: Any, answers: Any) -> None:
+    """One load-generator process: `clients` coroutines share `batches`; puts (latencies, texts, end)."""
 
     def body_of(batch: list[str]) -> dict[str, Any]:
         return {field: batch, "model": "bench"} if field == "input" else {field: batch}
 
-    async def run() -> tuple[list[float], float, int]:
+    async def run() -> tuple[list[float], int, float]:
         queue: asyncio.Queue[list[str]] = asyncio.Queue()
         for batch in batches:
             queue.put_nowait(batch)
         latencies: list[float] = []
         sent = 0
-        deadline = time.perf_counter() + SCENARIO_LIMIT_S
         post = await _poster(url, path, clients)
 
         async def client() -> None:
@@ -152,17 +186,17 @@ def load(url: str, path: str, field: str, batches: list[list[str]], clients: int
                 sent += len(batch)
 
         try:
-            await post(body_of(batches[0]))  # warm-up: connection and first call
-            start = time.perf_counter()
+            await asyncio.gather(*(post(body_of(batches[0])) for _ in range(clients)))  # connections, warm-up
+            await asyncio.get_running_loop().run_in_executor(None, ready.wait, 120)
+            while time.perf_counter() < start_at.value:
+                await asyncio.sleep(0.001)
+            deadline = time.perf_counter() + SCENARIO_LIMIT_S
             await asyncio.gather(*(client() for _ in range(clients)))
-            return latencies, time.perf_counter() - start, sent
+            return latencies, sent, time.perf_counter()
         finally:
             await post(None)
 
-    latencies, seconds, sent = asyncio.run(run())
-    ordered = sorted(latencies)
-    return {"texts_s": sent / seconds, "p50_ms": 1000 * statistics.median(ordered),
-            "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], "requests": len(ordered)}
+    answers.put(asyncio.run(run()))
 
 
 async def _poster(url: str, path: str, clients: int) -> Any:
@@ -193,6 +227,32 @@ async def _poster(url: str, path: str, clients: int) -> Any:
         (await http.post(path, json=body)).raise_for_status()
 
     return post_httpx
+
+
+FIGURES = ("te_batch_next_size_sum", "te_batch_next_size_count", "te_request_inference_duration_sum",
+           "te_request_queue_duration_sum", "te_request_queue_duration_count", "te_request_duration_sum",
+           "te_request_duration_count")
+
+
+def server_figures(url: str) -> dict[str, float]:
+    """The sums and counts of `bge serve`'s histograms that tell where a request's time goes."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in FIGURES:
+            found[name] = float(value)
+    return found
+
+
+def figures_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Engine calls, mean inputs per call, mean call / queue wait / request time (ms) in one scenario."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in FIGURES}
+    calls = max(d["te_batch_next_size_count"], 1.0)
+    return {"engine_calls": d["te_batch_next_size_count"], "inputs_per_call": d["te_batch_next_size_sum"] / calls,
+            "call_ms": 1000 * d["te_request_inference_duration_sum"] / calls,
+            "queue_ms": 1000 * d["te_request_queue_duration_sum"] / max(d["te_request_queue_duration_count"], 1.0),
+            "request_ms": 1000 * d["te_request_duration_sum"] / max(d["te_request_duration_count"], 1.0)}
 
 
 def in_process(model: str, device: str, dtype: str | None, singles: list[str], batched: list[list[str]]) -> dict:
@@ -234,6 +294,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="32-text requests per scenario")
     parser.add_argument("--infinity", default=None, help="python of a venv with infinity-emb[server]")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `bge serve` argument (repeatable)")
+    parser.add_argument("--load-processes", type=int, default=8, help="load-generator processes (at most one per "
+                        "client)")
     args = parser.parse_args()
 
     model = args.model or checkpoint(args.quick)
@@ -269,10 +331,14 @@ def main() -> None:
             print(f"bge serve vs infinity-emb vectors: min cosine {cos:.5f}")
         for name, (_, url), path, field in servers:
             for count in clients:
-                single = load(url, path, field, [[q] for q in queries], count)
-                rows.append({"system": name, "workload": "single", "clients": count, **single})
-                batch = load(url, path, field, batched, count)
-                rows.append({"system": name, "workload": "batch32", "clients": count, **batch})
+                for workload, work in (("single", [[q] for q in queries]), ("batch32", batched)):
+                    before = server_figures(url) if name == "bge serve" else {}
+                    measured = load(url, path, field, work, count, args.load_processes)
+                    if before:  # where the server's time went during this scenario, from its /metrics
+                        measured["server"] = figures_between(before, server_figures(url))
+                        print(f"{name} {workload} x{count}: {measured['texts_s']:.0f} texts/s; server: "
+                              + ", ".join(f"{k} {v:.3g}" for k, v in measured["server"].items()), flush=True)
+                    rows.append({"system": name, "workload": workload, "clients": count, **measured})
     finally:
         for _, (process, _), _, _ in servers:
             process.terminate()

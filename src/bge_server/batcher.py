@@ -23,6 +23,8 @@ from starlette.requests import Request
 from bge_server.errors import ApiError
 from bge_server.metrics import Metrics
 
+#: A request still waiting this long starts watching for its client's disconnect.
+WATCH_AFTER_S = 0.05
 #: The engine call of one model: (options key, merged inputs) → one result per input, in order.
 RunFn = Callable[[Hashable, list[Any]], list[Any]]
 
@@ -114,6 +116,14 @@ class MicroBatcher:
         if request is None:
             parts = await gathered
         else:
+            # Most requests are answered within milliseconds: only a request still waiting after
+            # WATCH_AFTER_S gets a task listening for its client's disconnect (one task per request costs
+            # more than the timer).
+            try:
+                parts = await asyncio.wait_for(asyncio.shield(gathered), WATCH_AFTER_S)
+                return [result for part in parts for result in part]
+            except asyncio.TimeoutError:
+                pass
             watcher = asyncio.create_task(_disconnected(request))
             try:
                 done, _ = await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)

@@ -23,7 +23,10 @@ class ServerConfig:
         auto_truncate: cut over-long inputs when a request does not say (TEI's ``truncate: null``).
         payload_limit: largest request body in bytes (413 past it).
         batch_items: most inputs merged into one engine call (bigger requests are cut into pieces this size).
-        workers: engine calls in flight per model (tokenizing one while the device runs another).
+        calls_in_flight: engine calls in flight per model (tokenizing one while the device runs another).
+        processes: server processes sharing the listening socket, each with its own copy of every model on
+            the same devices (the HTTP and engine Python work of small requests spreads over CPU cores;
+            device memory grows N-fold). /metrics adds up all of them.
         device: one device, or several (each model then runs on all of them, one worker process each).
         engine_process: run each model in a worker process even on one device, so the event loop's Python
             work never competes with the model's kernel launches for the GIL (several devices always do).
@@ -48,7 +51,8 @@ class ServerConfig:
     auto_truncate: bool = True
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     batch_items: int = 512
-    workers: int = 2
+    calls_in_flight: int = 2
+    processes: int = 1
     engine_process: bool = False
     gil_switch_interval_ms: float | None = None
 
@@ -60,6 +64,7 @@ class ServerConfig:
                 f"{len(self.served_model_names)} --served-model-name for "
                 f"{len(self.models) + len(self.rerankers)} models"
             )
-        for name in ("max_client_batch_size", "max_concurrent_requests", "payload_limit", "batch_items", "workers"):
+        for name in ("max_client_batch_size", "max_concurrent_requests", "payload_limit", "batch_items",
+                     "calls_in_flight", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

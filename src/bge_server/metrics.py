@@ -1,11 +1,16 @@
 """Prometheus metrics, under TEI's ``te_*`` names where TEI has the same figure.
 
-Each app has its own registry, so several servers (tests) can live in one process.
+Each app has its own registry, so several servers (tests) can live in one process. When the server runs
+several processes (``--workers N``), ``PROMETHEUS_MULTIPROC_DIR`` is set for all of them: prometheus_client
+then keeps every value in a shared file and ``render`` adds up the processes.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -36,10 +41,16 @@ class Metrics:
         self.input_count = Histogram("te_request_input_length", "Inputs per request", buckets=_SIZES, registry=r)
         self.batch_size = Histogram("te_batch_next_size", "Inputs per merged engine call", buckets=_SIZES,
                                     registry=r)
-        self.queue_size = Gauge("te_queue_size", "Inputs waiting for an engine call", ["model"], registry=r)
-        self.in_flight = Gauge("bge_requests_in_flight", "Requests being served", registry=r)
+        self.queue_size = Gauge("te_queue_size", "Inputs waiting for an engine call", ["model"], registry=r,
+                                multiprocess_mode="livesum")
+        self.in_flight = Gauge("bge_requests_in_flight", "Requests being served", registry=r,
+                               multiprocess_mode="livesum")
         self.dropped = Counter("bge_dropped_jobs", "Jobs dropped because their client disconnected", registry=r)
 
     def render(self) -> bytes:
-        """The text exposition format."""
+        """The text exposition format (the sum over every server process when there are several)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

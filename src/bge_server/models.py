@@ -109,14 +109,14 @@ class ModelSet:
             embedder = Embedder(model_id, reuse_outputs=False, **options)
             raw = Embedder(embedder, normalize=False, reuse_outputs=False)
             served = ServedEmbedder(name, model_id, embedder, raw, None)  # type: ignore[arg-type]
-            served.batcher = MicroBatcher(served.run, max_items=config.batch_items, workers=config.workers,
-                                          metrics=metrics, name=name)
+            served.batcher = MicroBatcher(served.run, max_items=config.batch_items,
+                                          workers=config.calls_in_flight, metrics=metrics, name=name)
             embedders.append(served)
         for model_id in config.rerankers:
             name = names.pop(0) if names else model_id
             served_rr = ServedReranker(name, model_id, Reranker(model_id, **options), None)  # type: ignore[arg-type]
-            served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items, workers=config.workers,
-                                             metrics=metrics, name=name)
+            served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items,
+                                             workers=config.calls_in_flight, metrics=metrics, name=name)
             rerankers.append(served_rr)
         seen: set[str] = set()
         for served_model in [*embedders, *rerankers]:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection
 
 import uvicorn
 
@@ -44,31 +50,136 @@ def serve(config: ServerConfig, *, announce: Callable[[str], None] | None = None
     """Serve until SIGTERM or Ctrl-C: then stop accepting, finish the requests in flight and return.
 
     The models are loaded first; the line ``bge serve: listening on http://HOST:PORT`` is printed
-    (to stdout, flushed) once the socket accepts connections.
+    (to stdout, flushed) once the socket accepts connections. With ``config.processes`` > 1, that many
+    server processes share the socket, each with its own copy of the models (see `serve_processes`).
 
     Example:
         >>> serve(ServerConfig(models=["BAAI/bge-m3"], port=8080))
     """
+    sock = bind(config.host, config.port)
+    if config.processes > 1:
+        serve_processes(config, sock, announce=announce, log_level=log_level)
+        return
+    message = _listening(config, sock)
+    _serve_on(config, sock, lambda: (announce or _print)(message), log_level)
+
+
+def _listening(config: ServerConfig, sock: socket.socket) -> str:
+    names = config.served_model_names + [*config.models, *config.rerankers][len(config.served_model_names):]
+    workers = f", {config.processes} processes" if config.processes > 1 else ""
+    return f"bge serve: listening on {url_of(sock)} ({', '.join(names)}{workers})"
+
+
+def _serve_on(config: ServerConfig, sock: socket.socket, ready: Callable[[], None], log_level: str) -> None:
+    """Load the models, serve on `sock` in this process, call `ready` once it accepts connections."""
     if config.gil_switch_interval_ms is not None:
         sys.setswitchinterval(config.gil_switch_interval_ms / 1e3)
     app = create_app(config)
-    sock = bind(config.host, config.port)
     uv_config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=None,
                                lifespan="on", server_header=False)
     server = uvicorn.Server(uv_config)
-    names = ", ".join(m.name for m in app.state.context.models.all())
-    message = f"bge serve: listening on {url_of(sock)} ({names})"
     original_startup = server.startup
 
     async def startup(sockets: list[socket.socket] | None = None) -> None:
         await original_startup(sockets=sockets)
-        (announce or _print)(message)
+        ready()
 
     server.startup = startup  # type: ignore[method-assign]
     server.capture_signals = lambda: _graceful_signals(server)  # type: ignore[method-assign]
     server.run(sockets=[sock])
     if not server.started:
         raise SystemExit(1)
+
+
+def _process_main(config: ServerConfig, sock: socket.socket, ready: Connection, log_level: str) -> None:
+    """One of several server processes (spawned): serve on the shared socket, say when ready."""
+    # Ctrl-C reaches every process of the terminal's group; the parent's SIGTERM ends each one gracefully.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if config.device is None or "cpu" in str(config.device):
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.processes))  # CPU cores shared, not oversubscribed
+    _serve_on(config, sock, lambda: ready.send(os.getpid()), log_level)
+
+
+def serve_processes(config: ServerConfig, sock: socket.socket, *, announce: Callable[[str], None] | None = None,
+                    log_level: str = "warning") -> None:
+    """`config.processes` server processes on one listening socket; the kernel spreads connections over them.
+
+    Each process loads its own copy of every model (on the same devices) and runs its own event loop and
+    engine, so the per-request Python work of small requests runs on several cores at once. Metrics are
+    shared through prometheus_client's multiprocess files, so /metrics counts every process. The address
+    is announced once every process accepts connections; SIGTERM or Ctrl-C stops all of them gracefully
+    (status 0). A process that dies while serving is replaced.
+
+    Example:
+        >>> serve_processes(ServerConfig(models=["BAAI/bge-small-en-v1.5"], processes=4), bind("127.0.0.1", 8080))
+    """
+    spawn = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
+    metrics_dir = tempfile.mkdtemp(prefix="bge-serve-metrics-")
+    previous_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned processes
+    stopping = threading.Event()
+    children: list[multiprocessing.process.BaseProcess] = []
+    listeners: list[Connection] = []
+
+    def start() -> tuple[multiprocessing.process.BaseProcess, Connection]:
+        receiver, sender = spawn.Pipe(duplex=False)
+        child = spawn.Process(target=_process_main, args=(config, sock, sender, log_level), daemon=False,
+                              name="bge-serve")
+        child.start()
+        sender.close()
+        return child, receiver
+
+    def stop(*_: object) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for _ in range(config.processes):
+            child, receiver = start()
+            children.append(child)
+            listeners.append(receiver)
+        for child, receiver in zip(children, listeners):
+            while not receiver.poll(0.2):  # loading the models; a process that fails to start ends the server
+                if stopping.is_set():
+                    return
+                if not child.is_alive():
+                    raise SystemExit(f"bge serve: a server process failed to start (exit code {child.exitcode})")
+            receiver.recv()
+        (announce or _print)(_listening(config, sock))
+        while not stopping.wait(0.5):
+            for i, child in enumerate(children):
+                if not child.is_alive() and not stopping.is_set():
+                    _print(f"bge serve: server process {child.pid} ended (exit code {child.exitcode}); restarting it")
+                    _mark_dead(child.pid)
+                    children[i], listeners[i] = start()
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: each finishes its requests in flight
+        deadline = time.monotonic() + 60
+        for child in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+                child.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if previous_dir is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous_dir
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        sock.close()
+
+
+def _mark_dead(pid: int | None) -> None:
+    """Drop a dead process's live gauges from the shared metrics."""
+    from prometheus_client import multiprocess
+
+    if pid is not None:
+        multiprocess.mark_process_dead(pid)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 import threading
@@ -116,3 +117,58 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(dense_path: str) -> 
     assert response.status_code == 200
     expected = Embedder(dense_path, device="cpu").encode(texts).dense
     assert cosines(np.asarray(response.json()), expected).min() >= 0.99999
+
+
+def test_several_server_processes_share_the_port_count_together_and_stop_with_0(dense_path: str,
+                                                                                dense: Embedder) -> None:
+    """`--workers 2`: two server processes listen on one address, every answer equals the in-process
+    vectors, /metrics adds up the processes, and SIGTERM stops both with status 0."""
+    running = start_server("--model", dense_path, "--workers", "2")
+    try:
+        assert "2 processes" in running.log()
+        texts = [f"worker test {i}: pandas eat bamboo" for i in range(96)]
+
+        async def send_all() -> list[list[list[float]]]:
+            # one connection per client: the kernel hands new connections to either process
+            async def one(i: int) -> list[list[float]]:
+                async with httpx.AsyncClient(base_url=running.url, timeout=60) as http:
+                    response = await http.post("/embed", json={"inputs": [texts[i]]})
+                    assert response.status_code == 200, response.text
+                    return response.json()
+
+            return await asyncio.gather(*(one(i) for i in range(len(texts))))
+
+        answers = asyncio.run(send_all())
+        got = np.asarray([a[0] for a in answers])
+        assert cosines(got, dense.encode(texts).dense).min() >= 0.99999
+        assert metric(running, "te_request_success_total") >= len(texts)
+        children = _children(running.process.pid)
+        assert len(children) >= 2, children
+    finally:
+        code = running.stop()
+    assert code == 0, running.log()
+    for pid in children:
+        assert not _alive(pid), f"server process {pid} still runs after SIGTERM"
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -23,6 +23,9 @@ from bge_cli.demo import prepare_hub
                    "GPUs, one worker process each.")
 @click.option("--engine-process/--engine-in-server", default=False, show_default=True,
               help="Run each model in a worker process even on one device, away from the server's event loop.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Server processes sharing the port, each with its own copy of the models on the same devices "
+                   "(spreads the Python work of many small requests over cores; device memory grows N-fold).")
 @click.option("--dtype", type=DTYPES, help="Default bf16 on GPU, fp32 on CPU.")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), help="Token budget of one forward batch.")
 @click.option("--max-client-batch-size", default=1024, show_default=True, type=click.IntRange(min=1),
@@ -38,8 +41,8 @@ from bge_cli.demo import prepare_hub
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="Server log level.")
 def serve(models: tuple[str, ...], rerankers: tuple[str, ...], served_model_names: tuple[str, ...], host: str,
-          port: int, api_key: str | None, devices: tuple[str, ...], engine_process: bool, dtype: str | None,
-          max_batch_tokens: int | None,
+          port: int, api_key: str | None, devices: tuple[str, ...], engine_process: bool, workers: int,
+          dtype: str | None, max_batch_tokens: int | None,
           max_client_batch_size: int, max_concurrent_requests: int, auto_truncate: bool, payload_limit: int,
           gil_switch_ms: float | None, log_level: str) -> None:
     """Serve embedding models and rerankers over HTTP: TEI routes (/embed, /embed_sparse, /rerank, …),
@@ -53,7 +56,7 @@ def serve(models: tuple[str, ...], rerankers: tuple[str, ...], served_model_name
     with user_errors():
         config = ServerConfig(
             models=list(models), rerankers=list(rerankers), served_model_names=list(served_model_names), host=host,
-            port=port, api_key=api_key or None, engine_process=engine_process,
+            port=port, api_key=api_key or None, engine_process=engine_process, processes=workers,
             device=list(devices) if len(devices) > 1 else (devices[0] if devices else None),
             dtype=dtype, max_batch_tokens=max_batch_tokens,
             max_client_batch_size=max_client_batch_size, max_concurrent_requests=max_concurrent_requests,
