@@ -200,10 +200,18 @@ def create_app(config: ServerConfig, models: ModelSet | None = None, metrics: Me
         >>> uvicorn.run(app, port=8080)
     """
     metrics = metrics or Metrics()
+    host = None
+    if models is None and config.engine_host is not None:
+        from bge_server.engine_host import HostClient
+
+        host = HostClient(config.engine_host)
+        models = ModelSet.remote(config, host, metrics)
     models = models or ModelSet.load(config, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if host is not None:
+            await host.start()
         for batcher in models.batchers:
             await batcher.start()
         try:
@@ -211,6 +219,8 @@ def create_app(config: ServerConfig, models: ModelSet | None = None, metrics: Me
         finally:
             for batcher in models.batchers:
                 await batcher.stop()
+            if host is not None:
+                await host.stop()
 
     app = FastAPI(title="bge serve", version=routes_ops.VERSION, lifespan=lifespan)
     app.state.context = Context(config, models, metrics)

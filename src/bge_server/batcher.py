@@ -13,7 +13,7 @@ import asyncio
 import collections
 import re
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +27,8 @@ from bge_server.metrics import Metrics
 WATCH_AFTER_S = 0.05
 #: The engine call of one model: (options key, merged inputs) → one result per input, in order.
 RunFn = Callable[[Hashable, list[Any]], list[Any]]
+#: The same call made by another process (the engine host), awaited on the event loop.
+AsyncRunFn = Callable[[Hashable, list[Any]], Awaitable[list[Any]]]
 
 
 class ClientGone(Exception):
@@ -47,7 +49,8 @@ class MicroBatcher:
     """Merges concurrent requests of one model into engine calls.
 
     Args:
-        run: the engine call (runs in one of `workers` threads).
+        run: the engine call (runs in one of `workers` threads), or with `remote`, an async function
+            that has another process make it (no thread in this process then).
         max_items: most inputs per engine call; requests larger than this are split.
         workers: engine calls in flight at once (the engine serializes forwards; a second call
             tokenizes while the first runs).
@@ -60,9 +63,10 @@ class MicroBatcher:
         [1, 2]
     """
 
-    def __init__(self, run: RunFn, *, max_items: int = 512, workers: int = 2, metrics: Metrics | None = None,
-                 name: str = "model") -> None:
+    def __init__(self, run: RunFn | AsyncRunFn, *, max_items: int = 512, workers: int = 2,
+                 metrics: Metrics | None = None, name: str = "model", remote: bool = False) -> None:
         self._run = run
+        self._remote = remote
         self.max_items = max_items
         self._workers = workers
         self._metrics = metrics
@@ -76,7 +80,8 @@ class MicroBatcher:
     async def start(self) -> None:
         """Start the worker tasks (on the running event loop)."""
         self._wakeup = asyncio.Event()
-        self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"bge-{self._name}")
+        if not self._remote:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"bge-{self._name}")
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
 
     async def stop(self) -> None:
@@ -166,8 +171,7 @@ class MicroBatcher:
             job.future.cancel()
 
     async def _work(self) -> None:
-        assert self._wakeup is not None and self._pool is not None
-        loop = asyncio.get_running_loop()
+        assert self._wakeup is not None
         while True:
             batch = self._take()
             if not batch:
@@ -182,7 +186,7 @@ class MicroBatcher:
                     self._metrics.queue_duration.observe(started - job.queued_at)
                 self._metrics.batch_size.observe(len(items))
             try:
-                results = await loop.run_in_executor(self._pool, self._run, batch[0].key, items)
+                results = await self._call(batch[0].key, items)
             except Exception as error:  # noqa: BLE001 - each job gets its own verdict below
                 await self._run_alone(batch, error)
             else:
@@ -197,19 +201,24 @@ class MicroBatcher:
     async def _run_alone(self, batch: list[_Job], error: Exception) -> None:
         """A merged call failed: one job's bad input (e.g. too long with truncate off) must not fail the
         others, so each job runs alone and gets its own result or error."""
-        loop = asyncio.get_running_loop()
         for job in batch:
             if job.future.done():
                 continue
             try:
                 result = error if len(batch) == 1 else None
                 if result is None:
-                    result = await loop.run_in_executor(self._pool, self._run, job.key, job.items)
+                    result = await self._call(job.key, job.items)
                 if isinstance(result, Exception):
                     raise result
                 job.future.set_result(result)
             except Exception as failure:  # noqa: BLE001 - handed to the waiting request
                 job.future.set_exception(_with_offset(failure, job.offset))
+
+    async def _call(self, key: Hashable, items: list[Any]) -> list[Any]:
+        """One engine call: awaited from the engine host, or run on one of this process's threads."""
+        if self._remote:
+            return await self._run(key, items)  # type: ignore[misc]
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, key, items)
 
     def _report_queue(self) -> None:
         if self._metrics is not None:

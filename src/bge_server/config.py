@@ -24,12 +24,13 @@ class ServerConfig:
         payload_limit: largest request body in bytes (413 past it).
         batch_items: most inputs merged into one engine call (bigger requests are cut into pieces this size).
         calls_in_flight: engine calls in flight per model (tokenizing one while the device runs another).
-        processes: server processes sharing the listening socket, each with its own copy of every model on
-            the same devices (the HTTP and engine Python work of small requests spreads over CPU cores;
-            device memory grows N-fold). /metrics adds up all of them.
+        processes: HTTP server processes sharing the listening socket; their requests are merged into the
+            calls of one engine host (the models are loaded once). /metrics adds up all of them.
         device: one device, or several (each model then runs on all of them, one worker process each).
-        engine_process: run each model in a worker process even on one device, so the event loop's Python
-            work never competes with the model's kernel launches for the GIL (several devices always do).
+        engine_process: run the models in one engine host process (`bge_server.engine_host`) that the HTTP
+            process(es) call over a Unix socket, so no engine thread competes with an event loop for a GIL.
+            Several server processes (`processes` > 1) always share one engine host.
+        engine_host: the engine host's socket path (set by `serve` for the HTTP processes; None: load here).
         gil_switch_interval_ms: Python's thread switch interval while serving (None keeps Python's 5 ms). A
             shorter one lets the engine thread take the GIL back sooner from the busy event loop.
 
@@ -54,6 +55,7 @@ class ServerConfig:
     calls_in_flight: int = 2
     processes: int = 1
     engine_process: bool = False
+    engine_host: str | None = None
     gil_switch_interval_ms: float | None = None
 
     def __post_init__(self) -> None:

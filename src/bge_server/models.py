@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from functools import partial
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -13,6 +15,9 @@ from bge_server.batcher import MicroBatcher
 from bge_server.config import ServerConfig
 from bge_server.errors import ApiError
 from bge_server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from bge_server.engine_host import HostClient
 
 
 class EmbedKey(NamedTuple):
@@ -43,6 +48,7 @@ class ServedEmbedder:
     embedder: Embedder
     raw: Embedder
     batcher: MicroBatcher
+    host: HostClient | None = None  # set when the engine host runs the model (then `embedder` is a RemoteHandle)
 
     kind = "embedding"
 
@@ -70,6 +76,7 @@ class ServedReranker:
     model_id: str
     reranker: Reranker
     batcher: MicroBatcher
+    host: HostClient | None = None
 
     kind = "reranker"
 
@@ -100,7 +107,7 @@ class ModelSet:
         """Load every model of `config` (weights shared where two entries name the same checkpoint)."""
         names = list(config.served_model_names)
         options: dict[str, Any] = {"device": config.device, "dtype": config.dtype,
-                                   "batch_tokens": config.max_batch_tokens, "worker_process": config.engine_process}
+                                   "batch_tokens": config.max_batch_tokens}
         embedders, rerankers = [], []
         for model_id in config.models:
             name = names.pop(0) if names else model_id
@@ -123,6 +130,29 @@ class ModelSet:
             if served_model.name in seen:
                 raise ValueError(f"two models are served as {served_model.name!r}; use --served-model-name")
             seen.add(served_model.name)
+        return cls(embedders, rerankers)
+
+    @classmethod
+    def remote(cls, config: ServerConfig, host: HostClient, metrics: Metrics) -> ModelSet:
+        """The models the engine host serves, as this HTTP process sees them: their descriptions, and
+        batchers whose engine calls the host makes.
+
+        Example:
+            >>> ModelSet.remote(config, HostClient(path), Metrics()).embedding(None).embedder.dim
+            1024
+        """
+        embedders, rerankers = [], []
+        for described in host.call_blocking("", "describe_all"):
+            handle = RemoteHandle(host, described)
+            batcher = MicroBatcher(partial(host.run, described["name"]), max_items=config.batch_items,
+                                   workers=config.calls_in_flight, metrics=metrics, name=described["name"],
+                                   remote=True)
+            if described["kind"] == "embedding":
+                embedders.append(ServedEmbedder(described["name"], described["model_id"], handle, handle,  # type: ignore[arg-type]
+                                                batcher, host))
+            else:
+                rerankers.append(ServedReranker(described["name"], described["model_id"], handle, batcher,  # type: ignore[arg-type]
+                                                host))
         return cls(embedders, rerankers)
 
     @property
@@ -158,3 +188,21 @@ class ModelSet:
         found = self._find(name, "reranker")
         assert isinstance(found, ServedReranker)
         return found
+
+
+class RemoteHandle:
+    """What an HTTP process knows of a model that the engine host runs: its description as attributes
+    (family, dim, max_length, dtype, device …) and `tokenize` / `decode` answered by the host."""
+
+    def __init__(self, host: HostClient, described: dict[str, Any]) -> None:
+        self._host = host
+        self._name = described["name"]
+        self.__dict__.update({k: v for k, v in described.items() if k not in ("name", "kind")})
+        self.name = described["model_id"]
+        self.spec = SimpleNamespace(pooling=described.get("pooling"))
+
+    def tokenize(self, texts: list[str], **options: Any) -> Any:
+        return self._host.call_blocking(self._name, "tokenize", texts, **options)
+
+    def decode(self, rows: list[list[int]], **options: Any) -> Any:
+        return self._host.call_blocking(self._name, "decode", rows, **options)

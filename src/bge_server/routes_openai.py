@@ -6,7 +6,6 @@ import asyncio
 import base64
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from bge_server.models import EmbedKey
@@ -27,7 +26,7 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     texts, _ = text_inputs(body.input, "input", limit=ctx.config.max_client_batch_size)
     key = EmbedKey(None, True, ctx.config.auto_truncate)
     rows, tokens = await asyncio.gather(
-        embed_rows(request, served, texts, key), run_in_threadpool(token_count, served, texts)
+        embed_rows(request, served, texts, key), token_count(served, texts)
     )
     matrix = dense_matrix(rows, body.dimensions, True)
     if body.encoding_format == "base64":

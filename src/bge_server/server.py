@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -57,17 +58,34 @@ def serve(config: ServerConfig, *, announce: Callable[[str], None] | None = None
         >>> serve(ServerConfig(models=["BAAI/bge-m3"], port=8080))
     """
     sock = bind(config.host, config.port)
-    if config.processes > 1:
-        serve_processes(config, sock, announce=announce, log_level=log_level)
+    if config.processes == 1 and not config.engine_process:
+        message = _listening(config, sock)
+        _serve_on(config, sock, lambda: (announce or _print)(message), log_level)
         return
-    message = _listening(config, sock)
-    _serve_on(config, sock, lambda: (announce or _print)(message), log_level)
+    from bge_server.engine_host import start_host
+
+    with tempfile.TemporaryDirectory(prefix="bge-serve-") as directory:
+        host, path, _ = start_host(config, directory)
+        front = dataclasses.replace(config, engine_host=path)
+        try:
+            if config.processes > 1:
+                serve_processes(front, sock, announce=announce, log_level=log_level)
+            else:
+                message = _listening(config, sock)
+                _serve_on(front, sock, lambda: (announce or _print)(message), log_level)
+        finally:  # the HTTP side has finished its requests; now the engine may go
+            host.terminate()
+            host.join(30)
+            if host.is_alive():
+                host.kill()
 
 
 def _listening(config: ServerConfig, sock: socket.socket) -> str:
     names = config.served_model_names + [*config.models, *config.rerankers][len(config.served_model_names):]
-    workers = f", {config.processes} processes" if config.processes > 1 else ""
-    return f"bge serve: listening on {url_of(sock)} ({', '.join(names)}{workers})"
+    layout = f", {config.processes} processes" if config.processes > 1 else ""
+    if config.processes > 1 or config.engine_process:
+        layout += ", engine host process"
+    return f"bge serve: listening on {url_of(sock)} ({', '.join(names)}{layout})"
 
 
 def _serve_on(config: ServerConfig, sock: socket.socket, ready: Callable[[], None], log_level: str) -> None:
@@ -95,22 +113,19 @@ def _process_main(config: ServerConfig, sock: socket.socket, ready: Connection, 
     """One of several server processes (spawned): serve on the shared socket, say when ready."""
     # Ctrl-C reaches every process of the terminal's group; the parent's SIGTERM ends each one gracefully.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if config.device is None or "cpu" in str(config.device):
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.processes))  # CPU cores shared, not oversubscribed
     _serve_on(config, sock, lambda: ready.send(os.getpid()), log_level)
 
 
 def serve_processes(config: ServerConfig, sock: socket.socket, *, announce: Callable[[str], None] | None = None,
                     log_level: str = "warning") -> None:
-    """`config.processes` server processes on one listening socket; the kernel spreads connections over them.
+    """`config.processes` HTTP server processes on one listening socket; the kernel spreads connections
+    over them.
 
-    Each process loads its own copy of every model (on the same devices) and runs its own event loop and
-    engine, so the per-request Python work of small requests runs on several cores at once. Metrics are
-    shared through prometheus_client's multiprocess files, so /metrics counts every process. The address
-    is announced once every process accepts connections; SIGTERM or Ctrl-C stops all of them gracefully
-    (status 0). A process that dies while serving is replaced.
+    Each runs its own event loop, so the per-request Python work of many small requests runs on several
+    cores at once; their engine calls go to the engine host at ``config.engine_host``, which merges them.
+    Metrics are shared through prometheus_client's multiprocess files, so /metrics counts every process.
+    The address is announced once every process accepts connections; SIGTERM or Ctrl-C stops all of them
+    gracefully (status 0). A process that dies while serving is replaced.
 
     Example:
         >>> serve_processes(ServerConfig(models=["BAAI/bge-small-en-v1.5"], processes=4), bind("127.0.0.1", 8080))
@@ -119,7 +134,7 @@ def serve_processes(config: ServerConfig, sock: socket.socket, *, announce: Call
     metrics_dir = tempfile.mkdtemp(prefix="bge-serve-metrics-")
     previous_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the spawned processes
-    stopping = threading.Event()
+    stopping = _Flag()
     children: list[multiprocessing.process.BaseProcess] = []
     listeners: list[Connection] = []
 
@@ -148,7 +163,7 @@ def serve_processes(config: ServerConfig, sock: socket.socket, *, announce: Call
                     raise SystemExit(f"bge serve: a server process failed to start (exit code {child.exitcode})")
             receiver.recv()
         (announce or _print)(_listening(config, sock))
-        while not stopping.wait(0.5):
+        while not stopping.wait(0.2):
             for i, child in enumerate(children):
                 if not child.is_alive() and not stopping.is_set():
                     _print(f"bge serve: server process {child.pid} ended (exit code {child.exitcode}); restarting it")
@@ -172,6 +187,25 @@ def serve_processes(config: ServerConfig, sock: socket.socket, *, announce: Call
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = previous_dir
         shutil.rmtree(metrics_dir, ignore_errors=True)
         sock.close()
+
+
+class _Flag:
+    """A stop flag that a signal handler may set while the main thread waits on it (a threading.Event
+    would deadlock: its lock is held by the waiting main thread when the handler runs)."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+    def wait(self, seconds: float) -> bool:
+        if not self.value:
+            time.sleep(seconds)
+        return self.value
 
 
 def _mark_dead(pid: int | None) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -118,6 +119,11 @@ def require_m3(served: ServedEmbedder, route: str) -> None:
                                      f"{route} needs BGE-M3 (sparse and ColBERT heads)")
 
 
-def token_count(served: ServedEmbedder, texts: list[str]) -> int:
-    """Tokens the model reads for `texts` (OpenAI's ``usage``); runs in a worker thread."""
-    return sum(len(tokens) for tokens in served.embedder.tokenize(texts, max_length=served.embedder.max_length))
+async def token_count(served: ServedEmbedder, texts: list[str]) -> int:
+    """Tokens the model reads for `texts` (OpenAI's ``usage``): counted by the engine host, or on a
+    worker thread of this process."""
+    if served.host is not None:
+        return await served.host.call(served.name, "count_tokens", texts)
+    handle = served.embedder
+    return await run_in_threadpool(
+        lambda: sum(len(tokens) for tokens in handle.tokenize(texts, max_length=handle.max_length)))

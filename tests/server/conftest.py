@@ -70,12 +70,14 @@ def start_server(*args: str, env: dict[str, str] | None = None, timeout: float =
     return Server(url, process, output)
 
 
-@pytest.fixture(scope="session")
-def server(m3_path: str, dense_path: str, cross_encoder_path: str) -> Iterator[Server]:
-    """One process serving BGE-M3 (bge-m3), a dense BGE (bge-small) and a cross-encoder (reranker)."""
+@pytest.fixture(scope="session", params=["engine-in-server", "engine-process"])
+def server(request: pytest.FixtureRequest, m3_path: str, dense_path: str, cross_encoder_path: str) -> Iterator[Server]:
+    """A server of BGE-M3 (bge-m3), a dense BGE (bge-small) and a cross-encoder (reranker); every test that
+    uses it runs against both layouts: the engine on threads of the HTTP process, and the engine in its
+    own host process behind the HTTP process."""
     running = start_server(
         "--model", m3_path, "--served-model-name", "bge-m3", "--model", dense_path, "--served-model-name", "bge-small",
-        "--reranker", cross_encoder_path, "--served-model-name", "reranker",
+        "--reranker", cross_encoder_path, "--served-model-name", "reranker", f"--{request.param}",
     )
     yield running
     assert running.stop() == 0, running.log()

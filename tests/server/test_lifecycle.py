@@ -125,7 +125,7 @@ def test_several_server_processes_share_the_port_count_together_and_stop_with_0(
     vectors, /metrics adds up the processes, and SIGTERM stops both with status 0."""
     running = start_server("--model", dense_path, "--workers", "2")
     try:
-        assert "2 processes" in running.log()
+        assert "2 processes, engine host process" in running.log()
         texts = [f"worker test {i}: pandas eat bamboo" for i in range(96)]
 
         async def send_all() -> list[list[list[float]]]:

@@ -22,10 +22,11 @@ from bge_cli.demo import prepare_hub
               help="cpu, cuda, cuda:1… (default: first GPU, else CPU); repeat it to run every model on several "
                    "GPUs, one worker process each.")
 @click.option("--engine-process/--engine-in-server", default=False, show_default=True,
-              help="Run each model in a worker process even on one device, away from the server's event loop.")
+              help="Run the models in an engine host process that the HTTP side calls over a Unix socket (no engine "
+                   "thread beside the event loop; always so with --workers > 1).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="Server processes sharing the port, each with its own copy of the models on the same devices "
-                   "(spreads the Python work of many small requests over cores; device memory grows N-fold).")
+              help="HTTP server processes sharing the port; one engine host process runs the models for all "
+                   "of them (spreads the Python work of many small requests over cores).")
 @click.option("--dtype", type=DTYPES, help="Default bf16 on GPU, fp32 on CPU.")
 @click.option("--max-batch-tokens", type=click.IntRange(min=1), help="Token budget of one forward batch.")
 @click.option("--max-client-batch-size", default=1024, show_default=True, type=click.IntRange(min=1),
