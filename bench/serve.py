@@ -7,9 +7,10 @@
 For 1, 16 and 64 concurrent clients, each client sends its requests one after another (single queries,
 then 32-text batches) to POST /embed; the table gives texts/s over the whole run and p50/p99 latency per
 request. The in-process row encodes the same texts with `Embedder.encode` in one call (throughput) and one
-query at a time (latency). With --infinity PYTHON, infinity-emb serves the same checkpoint as a second
-server (POST /embeddings) under the same load. Everything stays on 127.0.0.1 and every loop is bounded
-in count and time. Results: a table on stdout and $OUT/serve_bench.json.
+query at a time (latency); it also times calls of 4, 16 and 64 queries, what a loaded server's calls
+hold. With --infinity PYTHON, infinity-emb serves the same checkpoint as a second server (POST
+/embeddings) under the same load. Everything stays on 127.0.0.1 and every loop is bounded in count and time.
+Results: a table on stdout and $OUT/serve_bench.json.
 """
 
 from __future__ import annotations
@@ -280,6 +281,16 @@ def in_process(model: str, device: str, dtype: str | None, singles: list[str], b
         sync()
         latencies.append(time.perf_counter() - start)
     out["single_p50_ms"] = 1000 * statistics.median(latencies)
+    # What one engine call of k merged queries costs (a server under load makes such calls).
+    for k in (4, 16, 64):
+        calls = []
+        for start in range(0, min(len(singles), 50 * k) - k + 1, k):
+            begin = time.perf_counter()
+            embedder.encode(singles[start : start + k])
+            sync()
+            calls.append(time.perf_counter() - begin)
+        out[f"call_of_{k}_p50_ms"] = 1000 * statistics.median(calls)
+    print("in-process engine: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items()), flush=True)
     return out
 
 
@@ -356,7 +367,8 @@ def main() -> None:
               f"{fmt(row['p50_ms'])} {fmt(row['p99_ms'])} {ratio(row):>9}")
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "serve_bench.json"), "w") as f:
-        json.dump({"model": model, "device": args.device, "dtype": args.dtype, "rows": rows}, f, indent=1)
+        json.dump({"model": model, "device": args.device, "dtype": args.dtype, "in_process": engine, "rows": rows}, f,
+                  indent=1)
 
 
 if __name__ == "__main__":

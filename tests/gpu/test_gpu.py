@@ -3,6 +3,8 @@ CPU, results do not depend on batch company, and out-of-memory recovery gives th
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +40,17 @@ def gpu_checkpoints(tmp_path_factory):
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+@contextlib.contextmanager
+def graphs_off(model: Embedder):
+    """Every batch runs eagerly inside (loaded models are shared between Embedders of one checkpoint)."""
+    engine = model.loaded.engine
+    graphs, engine.graphs = engine.graphs, None
+    try:
+        yield
+    finally:
+        engine.graphs = graphs
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -148,10 +161,37 @@ def test_cuda_graph_replay_matches_eager(gpu_checkpoints, parity_texts):
     short = [t for t in parity_texts if len(t) < 200]
     graphed = [model.encode([t], sparse=True) for t in short]  # one input at a time: graph replays
     assert model.loaded.engine.graphs.graphs, "no graph was captured"
-    eager = model.encode(short, sparse=True)  # several inputs: eager packed batch
+    with graphs_off(model):
+        eager = model.encode(short, sparse=True)
     for i, one in enumerate(graphed):
         assert row_cosines(one.dense, eager.dense[i : i + 1]).min() >= 0.9999
         assert set(one.lexical_weights[0]) == set(eager.lexical_weights[i])
+
+
+@pytest.mark.parametrize("kind", ["m3", "dense"])
+def test_cuda_graph_of_several_sequences_matches_eager(gpu_checkpoints, parity_texts, kind):
+    """A server merges a few queries into one call: they replay one graph with room for 64 sequences.
+    Enough texts that the batch needs a bucket longer than the dense model's 512 positions."""
+    from bge_core.engine.graphs import BUCKETS, SLOTS
+
+    model = Embedder(gpu_checkpoints[kind], device="cuda", reuse_outputs=False)
+    engine = model.loaded.engine
+    texts = [f"{t} {i}" for i, t in enumerate(parity_texts * 8)][:SLOTS]
+    options = {"sparse": True, "colbert": True} if kind == "m3" else {}
+    calls = engine.forward_calls
+    graphed = model.encode(texts, **options)
+    assert engine.forward_calls == calls + 1, "the texts should fit one batch"
+    tokens = engine.tokens_forwarded
+    assert 512 < tokens < BUCKETS[-1] or kind == "m3", tokens
+    assert engine.graphs.graphs, "no graph was captured"
+    with graphs_off(model):
+        eager = model.encode(texts, **options)
+    assert row_cosines(graphed.dense, eager.dense).min() >= 0.9999
+    if kind == "m3":
+        for got, want in zip(graphed.lexical_weights, eager.lexical_weights):
+            assert set(got) == set(want)
+        for got, want in zip(graphed.colbert_vectors, eager.colbert_vectors):
+            assert got.shape == want.shape and row_cosines(got, want).min() >= 0.999
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

@@ -1,9 +1,12 @@
-"""CUDA graphs for single short inputs: an online query costs one graph replay instead of hundreds of
-kernel launches from Python (launch overhead, not FLOPs, bounds batch-1 latency).
+"""CUDA graphs for small packed batches: an online query, or the few queries a server merges into one
+engine call, costs one graph replay instead of hundreds of kernel launches from Python (launch
+overhead, not FLOPs, bounds small batches: eagerly, 20 short queries cost as much host time as 20,000
+tokens of passages).
 
-One graph per length bucket holds the backbone on a packed row of `bucket` tokens: the real
-sequence, then the rest of the bucket as a second, ignored sequence (varlen attention keeps the
-two apart, so the padding changes nothing in the real one).
+One graph per length bucket holds the backbone on a packed row of `bucket` tokens with room for up
+to `SLOTS` sequences: the real sequences, then the rest of the bucket as one ignored filler
+sequence, then empty sequences up to `SLOTS` (varlen attention keeps every sequence apart, so the
+filler changes nothing in the real ones, and an empty sequence costs a kernel block that exits).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from bge_core.families.base import Family, PackedBatch
 
 log = logging.getLogger(__name__)
 
-#: Lengths (tokens) graphs are captured for; an input uses the first bucket longer than itself.
-BUCKETS = (32, 64, 128, 256, 512)
+#: Token counts graphs are captured for; a batch uses the first bucket longer than its tokens.
+BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+#: Most sequences one graph takes (a server's merged queries: 64 clients give ~20 a call).
+SLOTS = 64
 
 
 @dataclass
@@ -28,11 +33,12 @@ class _Graph:
     position_ids: torch.Tensor
     cu_seqlens: torch.Tensor
     hidden: torch.Tensor
-    filler_positions: torch.Tensor
+    filler_position: int
 
 
 class GraphCache:
-    """Captures lazily, replays for one-sequence packed batches shorter than the largest bucket."""
+    """Captures lazily, replays for packed batches of at most `SLOTS` sequences and fewer tokens than
+    the largest bucket."""
 
     def __init__(self, family: Family, device: torch.device) -> None:
         self.family = family
@@ -42,11 +48,12 @@ class GraphCache:
         self.broken = False  # a model that cannot be captured runs eagerly from then on
 
     def fits(self, batch: PackedBatch) -> bool:
-        return not self.broken and len(batch.lengths) == 1 and batch.lengths[0] < BUCKETS[-1]
+        return not self.broken and len(batch.lengths) <= SLOTS and sum(batch.lengths) < BUCKETS[-1]
 
     def backbone(self, batch: PackedBatch) -> torch.Tensor | None:
-        """Token states of the batch's one sequence, or None when no graph can serve it."""
-        n = batch.lengths[0]
+        """Token states [T, d] of the batch's sequences, or None when no graph can serve it."""
+        n = int(batch.input_ids.shape[1])
+        count = len(batch.lengths)
         bucket = next(b for b in BUCKETS if b > n)
         graph = self.graphs.get(bucket)
         if graph is None:
@@ -56,21 +63,25 @@ class GraphCache:
         graph.input_ids[0, :n].copy_(batch.input_ids[0])
         graph.input_ids[0, n:].fill_(self.family.pad_token_id)
         graph.position_ids[0, :n].copy_(batch.position_ids[0])
-        graph.position_ids[0, n:].copy_(graph.filler_positions[: bucket - n])
-        graph.cu_seqlens[1:2].fill_(n)
+        graph.position_ids[0, n:].fill_(graph.filler_position)
+        graph.cu_seqlens[: count + 1].copy_(batch.cu_seqlens)
+        graph.cu_seqlens[count + 1 :].fill_(bucket)  # the filler, then empty sequences
         graph.graph.replay()
         return graph.hidden[:n]
 
     def _capture(self, bucket: int) -> _Graph | None:
         offset = self.family.position_offset()
         device = self.device
-        filler = torch.arange(offset, offset + bucket, device=device)
+        # The filler's positions only need to be valid ids: every one is the first position, so a
+        # bucket may be longer than the model's position table.
+        filler = torch.full((bucket,), offset, dtype=torch.long, device=device)
         batch = PackedBatch(
             input_ids=torch.full((1, bucket), self.family.pad_token_id, dtype=torch.long, device=device),
             position_ids=filler.clone()[None],
-            cu_seqlens=torch.tensor([0, bucket // 2, bucket], dtype=torch.int32, device=device),
+            # Captured with as many sequences as a replay may have (the kernels' grids depend on it).
+            cu_seqlens=torch.tensor([0, bucket // 2] + [bucket] * SLOTS, dtype=torch.int32, device=device),
             max_length=bucket,
-            lengths=[bucket // 2, bucket - bucket // 2],
+            lengths=[bucket // 2, bucket - bucket // 2] + [0] * (SLOTS - 1),
             seq_ids=torch.zeros(bucket, dtype=torch.long, device=device),
         )
         try:
@@ -89,6 +100,6 @@ class GraphCache:
             log.warning("CUDA graph capture failed (%s); running eagerly", error)
             self.broken = True
             return None
-        captured = _Graph(graph, batch.input_ids, batch.position_ids, batch.cu_seqlens, hidden, filler)
+        captured = _Graph(graph, batch.input_ids, batch.position_ids, batch.cu_seqlens, hidden, offset)
         self.graphs[bucket] = captured
         return captured
