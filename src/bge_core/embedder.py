@@ -43,6 +43,8 @@ class Embedder(ModelHandle):
             checkpoint's name and files do not tell.
         text_model: for a Visualized-BGE ``.pth`` (images + texts), the BGE model it was trained from (hub id
             or directory: config and tokenizer); default the ``.pth``'s directory if it holds a config.json.
+        warm_up: compile and capture CUDA graphs at load (`warm_up()`), so the first calls run at full speed;
+            default: on CUDA, once per loaded checkpoint.
 
     Example:
         >>> m3 = Embedder("BAAI/bge-m3")
@@ -73,6 +75,7 @@ class Embedder(ModelHandle):
         packed: bool | None = None,
         worker_process: bool = False,
         text_model: str | None = None,
+        warm_up: bool | None = None,
     ) -> None:
         #: The hub id or path this model was opened by (adapters serialise it).
         self.name: str = model.name if isinstance(model, Embedder) else str(model)
@@ -103,6 +106,7 @@ class Embedder(ModelHandle):
         self.examples_format = examples_format
         self.batch_tokens = batch_tokens
         self.reuse_outputs = reuse_outputs
+        self._warm_up_at_load(warm_up)
 
     @property
     def family(self) -> str:
@@ -189,6 +193,10 @@ class Embedder(ModelHandle):
             self.loaded.engine.run(items, options=options, on_batch=gather, **run)
             return Embeddings(dense=gather.matrix)
         return self._encode_m3(items, dense, sparse, colbert, options, run)
+
+    def _warm_call(self, texts: list[str], max_length: int) -> None:
+        m3 = self.family == "m3"
+        self.encode(texts, sparse=m3, colbert=m3, max_length=max_length)
 
     def encode_images(self, images: Any, *, show_progress: bool = False) -> Embeddings:
         """Visualized-BGE: one vector per image (paths, file bytes or PIL images), in the texts' space.

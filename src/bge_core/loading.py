@@ -122,6 +122,8 @@ class LoadedModel:
     family: Family
     engine: Engine | ProcessDevicePool
     memo: OutputMemo
+    #: Seconds the first handle's `warm_up` took (None: not warmed yet); later handles skip it.
+    warmed_up_s: float | None = None
 
     @property
     def device(self) -> torch.device:

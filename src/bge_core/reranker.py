@@ -40,6 +40,8 @@ class Reranker(ModelHandle):
             does), so the caller's own Python work never competes with the model for the GIL.
         family: force a family (``"cross_encoder"``, ``"llm_reranker"``, ``"layerwise_reranker"``,
             ``"lightweight_reranker"``) when a local checkpoint's name and files do not tell.
+        warm_up: compile and capture CUDA graphs at load (`warm_up()`), so the first calls run at full speed;
+            default: on CUDA, once per loaded checkpoint.
 
     Example:
         >>> rr = Reranker("BAAI/bge-reranker-v2-m3")
@@ -69,6 +71,7 @@ class Reranker(ModelHandle):
         token: str | None = None,
         packed: bool | None = None,
         worker_process: bool = False,
+        warm_up: bool | None = None,
     ) -> None:
         #: The hub id or path this model was opened by (adapters serialise it).
         self.name: str = model.name if isinstance(model, Reranker) else str(model)
@@ -93,10 +96,14 @@ class Reranker(ModelHandle):
             "compress_ratio": compress_ratio,
             "compress_layers": compress_layers,
         }
+        self._warm_up_at_load(warm_up)
 
     @property
     def family(self) -> str:
         return self.loaded.spec.family
+
+    def _warm_call(self, texts: list[str], max_length: int) -> None:
+        self.score([(t, t) for t in texts], max_length=max_length)
 
     def score(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +19,8 @@ from bge_server.metrics import Metrics
 
 if TYPE_CHECKING:
     from bge_server.engine_host import HostClient
+
+log = logging.getLogger(__name__)
 
 
 class EmbedKey(NamedTuple):
@@ -113,15 +116,16 @@ class ModelSet:
             name = names.pop(0) if names else model_id
             # No output memo: a server computes what each request asks for (dense alone is cheaper than
             # dense + sparse) and keeps no per-text state between clients.
-            embedder = Embedder(model_id, reuse_outputs=False, **options)
-            raw = Embedder(embedder, normalize=False, reuse_outputs=False)
+            # Warmed at load (compiling, graph capture): no request pays for it.
+            embedder = Embedder(model_id, reuse_outputs=False, warm_up=True, **options)
+            raw = Embedder(embedder, normalize=False, reuse_outputs=False, warm_up=False)
             served = ServedEmbedder(name, model_id, embedder, raw, None)  # type: ignore[arg-type]
             served.batcher = MicroBatcher(served.run, max_items=config.batch_items,
                                           workers=config.calls_in_flight, metrics=metrics, name=name)
             embedders.append(served)
         for model_id in config.rerankers:
             name = names.pop(0) if names else model_id
-            served_rr = ServedReranker(name, model_id, Reranker(model_id, **options), None)  # type: ignore[arg-type]
+            served_rr = ServedReranker(name, model_id, Reranker(model_id, warm_up=True, **options), None)  # type: ignore[arg-type]
             served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items,
                                              workers=config.calls_in_flight, metrics=metrics, name=name)
             rerankers.append(served_rr)
@@ -130,6 +134,9 @@ class ModelSet:
             if served_model.name in seen:
                 raise ValueError(f"two models are served as {served_model.name!r}; use --served-model-name")
             seen.add(served_model.name)
+        for served_model in [*embedders, *rerankers]:
+            handle = served_model.embedder if served_model.kind == "embedding" else served_model.reranker
+            log.info("%s warmed up in %.1f s", served_model.name, handle.loaded.warmed_up_s or 0.0)
         return cls(embedders, rerankers)
 
     @classmethod

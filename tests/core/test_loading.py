@@ -6,10 +6,11 @@ import os
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
-from bge_core import Embedder, ModelLoadError, Reranker, load_model
+from bge_core import Embedder, ModelLoadError, Reranker, clear_cache, load_model
 
 
 @pytest.fixture
@@ -86,3 +87,18 @@ def test_registry_defaults_follow_the_model_id(dense_path, tmp_path):
     assert Embedder(str(named), device="cpu").query_instruction.startswith("Represent this sentence")
     assert Embedder(str(named), device="cpu", query_instruction="").query_instruction is None
     assert Embedder(dense_path, device="cpu").query_instruction is None
+
+
+def test_warm_up_runs_once_per_checkpoint_and_changes_no_output(m3_path, cross_encoder_path, parity_texts):
+    clear_cache()
+    cold = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    assert cold.loaded.warmed_up_s is None, "on CPU a model is not warmed unless asked"
+    before = cold.encode(parity_texts, sparse=True, colbert=True)
+    warm = Embedder(m3_path, device="cpu", reuse_outputs=False, warm_up=True)
+    assert warm.loaded is cold.loaded and warm.loaded.warmed_up_s is not None and warm.loaded.warmed_up_s >= 0
+    after = warm.encode(parity_texts, sparse=True, colbert=True)
+    assert np.array_equal(before.dense, after.dense)
+    assert before.lexical_weights == after.lexical_weights
+    reranker = Reranker(cross_encoder_path, device="cpu", warm_up=True)
+    assert reranker.loaded.warmed_up_s is not None
+    assert reranker.score([("q", "p")]).shape == (1,)

@@ -240,3 +240,21 @@ def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_tex
         assert row_cosines(fused, reference).min() >= 0.999
     # The compiled function ran, with no eager fallback.
     assert POST_ATTENTION.compiled is not None and not POST_ATTENTION.failed
+
+
+def test_warm_up_captures_every_bucket_so_requests_capture_none(gpu_checkpoints, parity_texts):
+    """A CUDA model is warmed at load: the graph of every small-batch bucket exists before the first
+    request, and a query, 20 merged queries or 64 of them replay graphs without capturing any."""
+    from bge_core.engine.graphs import BUCKETS
+
+    model = Embedder(gpu_checkpoints["m3"], device="cuda", reuse_outputs=False)
+    engine = model.loaded.engine
+    assert model.loaded.warmed_up_s is not None
+    assert set(engine.graphs.graphs) == set(BUCKETS)
+    captured = {bucket: graph.graph for bucket, graph in engine.graphs.graphs.items()}
+    texts = [f"{t} {i}" for i, t in enumerate(parity_texts * 8)]
+    for count in (1, 20, 64):
+        calls = engine.forward_calls
+        model.encode([t[:60] for t in texts[:count]], sparse=True)
+        assert engine.forward_calls == calls + 1
+    assert {bucket: graph.graph for bucket, graph in engine.graphs.graphs.items()} == captured

@@ -1,0 +1,70 @@
+"""The first full-size call after load, against the same call repeated (one fresh process per system).
+
+    python bench/cold_call.py PATH --system native|compat [--device cuda:0]
+
+Prints one JSON line: seconds to construct (warm-up included), of a 256-text call, of the first call
+over the passages workload with every output, and the median of three more; `bench.py --only cold` runs
+it for both systems (a fresh process each, so no compile cache or loaded model carries over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import workloads as W  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("path")
+    parser.add_argument("--system", choices=["native", "compat"], default="native")
+    parser.add_argument("--device", default="cuda:0")
+    args = parser.parse_args()
+    texts = W.passages()
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    if args.system == "native":
+        from bge_core import Embedder
+
+        model = Embedder(args.path, device=args.device, dtype="bf16", reuse_outputs=False)
+
+        def call(batch: list[str]) -> object:
+            return model.encode(batch, sparse=True, colbert=True)
+    else:
+        from bge_core.compat import BGEM3FlagModel
+
+        model = BGEM3FlagModel(args.path, use_fp16=False, use_bf16=True, devices=args.device)
+
+        def call(batch: list[str]) -> object:
+            return model.encode(batch, return_sparse=True, return_colbert_vecs=True)
+    sync()
+    load_s = time.perf_counter() - start
+    times = []
+    for batch in [texts[:256], texts, texts, texts, texts]:
+        sync()
+        begin = time.perf_counter()
+        result = call(batch)
+        sync()
+        times.append(time.perf_counter() - begin)
+        del result
+    tokens = W.words(texts) + 2 * len(texts)
+    steady = statistics.median(times[2:])
+    print(json.dumps({"system": args.system, "load_s": load_s, "small_call_s": times[0], "first_s": times[1],
+                      "steady_s": steady, "first_tok_s": tokens / times[1], "steady_tok_s": tokens / steady,
+                      "first_vs_steady": steady / times[1]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
