@@ -1,9 +1,9 @@
 """The first full-size call after load, against the same call repeated (one fresh process per system).
 
-    python bench/cold_call.py PATH --system native|compat [--device cuda:0]
+    python bench/cold_call.py PATH --system native|compat [--outputs all3|dense] [--device cuda:0]
 
 Prints one JSON line: seconds to construct (warm-up included), of a 256-text call, of the first call
-over the passages workload with every output, and the median of three more; `bench.py --only cold` runs
+over the passages workload (every output, or dense alone), and the median of three more; `bench.py --only cold` runs
 it for both systems (a fresh process each, so no compile cache or loaded model carries over).
 """
 
@@ -26,9 +26,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("path")
     parser.add_argument("--system", choices=["native", "compat"], default="native")
+    parser.add_argument("--outputs", choices=["all3", "dense"], default="all3")
     parser.add_argument("--device", default="cuda:0")
     args = parser.parse_args()
     texts = W.passages()
+    every = args.outputs == "all3"
 
     def sync() -> None:
         if torch.cuda.is_available():
@@ -41,14 +43,14 @@ def main() -> None:
         model = Embedder(args.path, device=args.device, dtype="bf16", reuse_outputs=False)
 
         def call(batch: list[str]) -> object:
-            return model.encode(batch, sparse=True, colbert=True)
+            return model.encode(batch, sparse=every, colbert=every)
     else:
         from bge_core.compat import BGEM3FlagModel
 
         model = BGEM3FlagModel(args.path, use_fp16=False, use_bf16=True, devices=args.device)
 
         def call(batch: list[str]) -> object:
-            return model.encode(batch, return_sparse=True, return_colbert_vecs=True)
+            return model.encode(batch, return_sparse=every, return_colbert_vecs=every)
     sync()
     load_s = time.perf_counter() - start
     times = []
@@ -61,7 +63,8 @@ def main() -> None:
         del result
     tokens = W.words(texts) + 2 * len(texts)
     steady = statistics.median(times[2:])
-    print(json.dumps({"system": args.system, "load_s": load_s, "small_call_s": times[0], "first_s": times[1],
+    print(json.dumps({"system": args.system, "outputs": args.outputs,
+                      "pinned": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default"), "load_s": load_s, "small_call_s": times[0], "first_s": times[1],
                       "steady_s": steady, "first_tok_s": tokens / times[1], "steady_tok_s": tokens / steady,
                       "first_vs_steady": steady / times[1]}), flush=True)
 

@@ -46,6 +46,7 @@ class GraphCache:
         self.graphs: dict[int, _Graph] = {}
         self.pool = None
         self.broken = False  # a model that cannot be captured runs eagerly from then on
+        self.replays = 0  # batches served by a graph (tests and benchmarks read it)
 
     def fits(self, batch: PackedBatch) -> bool:
         return not self.broken and len(batch.lengths) <= SLOTS and sum(batch.lengths) < BUCKETS[-1]
@@ -67,6 +68,7 @@ class GraphCache:
         graph.cu_seqlens[: count + 1].copy_(batch.cu_seqlens)
         graph.cu_seqlens[count + 1 :].fill_(bucket)  # the filler, then empty sequences
         graph.graph.replay()
+        self.replays += 1
         return graph.hidden[:n]
 
     def _capture(self, bucket: int) -> _Graph | None:
