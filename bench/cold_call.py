@@ -64,7 +64,8 @@ def main() -> None:
     tokens = W.words(texts) + 2 * len(texts)
     steady = statistics.median(times[2:])
     print(json.dumps({"system": args.system, "outputs": args.outputs,
-                      "pinned": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default"), "load_s": load_s, "small_call_s": times[0], "first_s": times[1],
+                      "pinned": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default"), "load_s": load_s,
+                      "small_call_s": times[0], "first_s": times[1],
                       "steady_s": steady, "first_tok_s": tokens / times[1], "steady_tok_s": tokens / steady,
                       "first_vs_steady": steady / times[1]}), flush=True)
 
