@@ -357,10 +357,14 @@ def _fast_pinned_memory() -> None:
     """Outputs are copied to pinned host memory, which PyTorch caches and reuses. A first call over a
     large corpus allocates all of it (all three BGE-M3 outputs of 20,000 passages: ~9 GB), and
     cudaHostAlloc does that at a few GB/s; malloc, then cudaHostRegister from several threads, is
-    faster. Pinned settings the user gave in PYTORCH_CUDA_ALLOC_CONF win."""
-    if "pinned" in os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""):
+    faster. Pinned settings the user gave in PYTORCH_ALLOC_CONF (or PYTORCH_CUDA_ALLOC_CONF) win."""
+    if any("pinned" in os.environ.get(name, "") for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")):
         return
+    # The accelerator-wide setter replaced the CUDA one (which now warns) in recent PyTorch.
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or getattr(
+        torch.cuda.memory, "_set_allocator_settings", None)
     try:
-        torch.cuda.memory._set_allocator_settings(PINNED_SETTINGS)
-    except (AttributeError, RuntimeError):  # an older PyTorch: its default allocation stays
+        if setter is not None:
+            setter(PINNED_SETTINGS)
+    except RuntimeError:  # a PyTorch without these options: its default allocation stays
         pass
