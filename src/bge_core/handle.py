@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ from bge_core.types import Token
 _CLONE_LOCK = threading.Lock()
 
 
-class ModelHandle:
+class ModelHandle(ABC):
     """A name, and the loaded weights behind it (shared with every handle on the same checkpoint)."""
 
     name: str
@@ -46,19 +47,18 @@ class ModelHandle:
         limit = min(self.max_length, 512)
         if "cuda" not in str(self.device):  # nothing to compile or capture: one short call loads the kernels
             self._warm_call([text(16)], limit)
-            self.loaded.warmed_up_s = time.perf_counter() - start
-            return self.loaded.warmed_up_s
-        budget = getattr(self.loaded.engine, "token_budget", None) or 16384
-        self._warm_call([text(limit)] * max(1, budget // limit), limit)  # a full batch
-        if self.max_length > limit:  # and one long input (attention shapes, memory of long documents)
-            self._warm_call([text(self.max_length)], self.max_length)
-        if getattr(self.loaded.engine, "graphs", None) is not None:
-            floor = 0
-            for bucket in BUCKETS:  # a batch whose tokens fall inside each bucket
-                target = (floor + bucket) // 2
-                count = min(SLOTS, max(1, target // 8))
-                self._warm_call([text(max(fixed + 1, target // count))] * count, limit)
-                floor = bucket
+        else:
+            budget = getattr(self.loaded.engine, "token_budget", None) or 16384
+            self._warm_call([text(limit)] * max(1, budget // limit), limit)  # a full batch
+            if self.max_length > limit:  # and one long input (attention shapes, memory of long documents)
+                self._warm_call([text(self.max_length)], self.max_length)
+            if getattr(self.loaded.engine, "graphs", None) is not None:
+                floor = 0
+                for bucket in BUCKETS:  # a batch whose tokens fall inside each bucket
+                    target = (floor + bucket) // 2
+                    count = min(SLOTS, max(1, target // 8))
+                    self._warm_call([text(max(fixed + 1, target // count))] * count, limit)
+                    floor = bucket
         self.loaded.warmed_up_s = time.perf_counter() - start
         return self.loaded.warmed_up_s
 
@@ -67,9 +67,9 @@ class ModelHandle:
         if warm_up or (warm_up is None and "cuda" in str(self.device) and self.loaded.warmed_up_s is None):
             self.warm_up()
 
+    @abstractmethod
     def _warm_call(self, texts: list[str], max_length: int) -> None:
         """One call over `texts` with every output the model has (warm_up's building block)."""
-        raise NotImplementedError
 
     @property
     def path(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import gc
 import itertools
 import os
@@ -141,7 +142,8 @@ class Engine:
         if self.packed:
             use_packed_attention(family.model)
             family.fused_backbone = fused_encoder(family.backbone_module())
-        # Single short inputs (online queries) replay CUDA graphs instead of launching kernels one by one.
+        # Small batches (an online query, a server's merged queries) replay CUDA graphs instead of
+        # launching kernels one by one.
         self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None
         if device.type == "cuda":
             _fast_pinned_memory()
@@ -353,6 +355,7 @@ class Engine:
         )
 
 
+@functools.cache  # a process-wide allocator setting: once is enough
 def _fast_pinned_memory() -> None:
     """Outputs are copied to pinned host memory, which PyTorch caches and reuses. A first call over a
     large corpus allocates all of it (all three BGE-M3 outputs of 20,000 passages: ~9 GB), and
