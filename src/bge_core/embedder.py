@@ -25,7 +25,9 @@ class Embedder(ModelHandle):
         model: hub id (``"BAAI/bge-m3"``), local checkpoint directory, or another `Embedder`
             (shares its loaded weights).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; default: first GPU if any, else CPU.
-        dtype: ``"bf16"`` / ``"fp16"`` / ``"fp32"``; default bf16 on CUDA, fp32 on CPU.
+        dtype: ``"bf16"`` / ``"fp16"`` / ``"fp32"``; default bf16 on CUDA, fp32 on CPU. ``"fp8"`` (opt-in,
+            GPUs with FP8 tensor cores, BERT / XLM-R models): E4M3 linear layers, the rest in bf16;
+            faster, with the small error docs/fp8.md measures.
         max_length: tokens per text (default: the model's, e.g. 512 for bge-*-v1.5, 8192 for BGE-M3).
         query_instruction: text put before queries; default from the model registry
             (e.g. bge-*-en-v1.5's retrieval instruction, none for BGE-M3). ``""`` turns it off.

@@ -25,7 +25,12 @@ _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    # Opt-in: E4M3 linear layers in BERT / XLM-R encoders, the rest in bf16 (models/encoder.py).
+    "fp8": torch.float8_e4m3fn, "float8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
 }
+FP8 = torch.float8_e4m3fn
+#: Half-precision dtypes the packed (padding-free) CUDA path runs.
+_PACKED_DTYPES = (torch.float16, torch.bfloat16, FP8)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -60,6 +65,22 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+def check_fp8_device(device: torch.device) -> None:
+    """Refuse ``dtype="fp8"`` where there are no FP8 tensor cores (CPU, or CUDA below compute capability 8.9).
+
+    Example:
+        >>> check_fp8_device(torch.device("cpu"))
+        Traceback (most recent call last):
+        ValueError: dtype='fp8' needs FP8 tensor cores (a CUDA GPU of compute capability 8.9+); got cpu
+    """
+    need = "dtype='fp8' needs FP8 tensor cores (a CUDA GPU of compute capability 8.9+)"
+    if device.type != "cuda":
+        raise ValueError(f"{need}; got {device}")
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise ValueError(f"{need}; {torch.cuda.get_device_name(device)} ({device}) has {major}.{minor}")
 
 
 def half_precision_dtype(device: Any, use_fp16: bool, use_bf16: bool = False) -> str:
@@ -198,6 +219,9 @@ def load_model(
         if worker_process or (isinstance(device, (list, tuple)) and len(device) > 1):
             raise ValueError("Visualized-BGE models run in this process on one device")
         device = device[0] if isinstance(device, (list, tuple)) and device else device
+        if resolve_dtype(dtype, resolve_device(device)) == FP8:
+            raise ValueError("dtype='fp8' runs BERT / XLM-R text encoders (dense, BGE-M3, cross-encoders); "
+                             "Visualized-BGE runs in fp32, fp16 or bf16")
         return _load_visualized(os.fspath(name_or_path), text_model, device=device, dtype=dtype, revision=revision,
                                 cache_dir=cache_dir, token=token)
     if (isinstance(device, (list, tuple)) and len(device) > 1) or worker_process:
@@ -216,15 +240,19 @@ def load_model(
         spec = FAMILY_DEFAULTS[family]  # the caller knows better than the file layout
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    if torch_dtype == FP8:
+        check_fp8_device(torch_device)
     if packed is None:  # the engine's own choice, made explicit so equal choices share one copy
-        packed = torch_device.type == "cuda" and torch_dtype in (torch.float16, torch.bfloat16)
+        packed = torch_device.type == "cuda" and torch_dtype in _PACKED_DTYPES
     key = (os.path.realpath(path), spec.family, str(torch_device), str(torch_dtype), packed)
     with _CACHE_LOCK:
         loaded = _CACHE.get(key)
         if loaded is None:
             check_files(path)
             try:
-                fam = family_class(spec.family).load(path, spec, torch_device, torch_dtype)
+                # fp8: the model is loaded in bf16; the engine quantizes its encoder's linear layers
+                load_dtype = torch.bfloat16 if torch_dtype == FP8 else torch_dtype
+                fam = family_class(spec.family).load(path, spec, torch_device, load_dtype)
             except ModelLoadError:
                 raise
             except (OSError, ValueError, RuntimeError, KeyError) as error:
@@ -234,7 +262,7 @@ def load_model(
                     f"{path}: cannot load this checkpoint from {weights or 'its files'} "
                     f"({type(error).__name__}: {error}); custom-code checkpoints are not supported"
                 ) from error
-            engine = Engine(fam, torch_device, packed=packed)
+            engine = Engine(fam, torch_device, packed=packed, fp8=torch_dtype == FP8)
             loaded = LoadedModel(path=path, spec=spec, family=fam, engine=engine, memo=OutputMemo())
             _CACHE[key] = loaded
     return loaded
@@ -312,8 +340,13 @@ def _load_on_devices(name_or_path: str, devices: list[Any], **kwargs: Any) -> Lo
     torch_dtype = resolve_dtype(kwargs.get("dtype"), torch_devices[0])
     packed = kwargs.get("packed")
     if packed is None:  # what each worker's engine chooses by default
-        packed = all(d.type == "cuda" for d in torch_devices) and torch_dtype in (torch.float16, torch.bfloat16)
-    scheduler = load_model(name_or_path, **{**kwargs, "dtype": torch_dtype, "packed": packed}, device="cpu")
+        packed = all(d.type == "cuda" for d in torch_devices) and torch_dtype in _PACKED_DTYPES
+    if torch_dtype == FP8:
+        for d in torch_devices:
+            check_fp8_device(d)
+    # the scheduler's copy never runs: bf16 stands in for fp8 (which has no CPU kernels)
+    scheduler_dtype = torch.bfloat16 if torch_dtype == FP8 else torch_dtype
+    scheduler = load_model(name_or_path, **{**kwargs, "dtype": scheduler_dtype, "packed": packed}, device="cpu")
     key = (scheduler.path, scheduler.spec.family, tuple(map(str, torch_devices)), str(torch_dtype), packed)
     with _CACHE_LOCK:
         loaded = _POOLS.get(key)

@@ -102,3 +102,14 @@ def test_warm_up_runs_once_per_checkpoint_and_changes_no_output(m3_path, cross_e
     reranker = Reranker(cross_encoder_path, device="cpu", warm_up=True)
     assert reranker.loaded.warmed_up_s is not None
     assert reranker.score([("q", "p")]).shape == (1,)
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "FP8", "float8"])
+def test_fp8_without_fp8_tensor_cores_is_a_clear_error(m3_path, dtype):
+    """dtype="fp8" runs only on GPUs with FP8 tensor cores; elsewhere it is refused at construction
+    (here: CPU), for one device and for a list of devices alike, and nothing is cached."""
+    with pytest.raises(ValueError, match=r"fp8.*compute capability 8\.9"):
+        Embedder(m3_path, device="cpu", dtype=dtype)
+    with pytest.raises(ValueError, match=r"fp8.*compute capability 8\.9"):
+        Embedder(m3_path, device=["cpu", "cpu"], dtype=dtype)
+    assert Embedder(m3_path, device="cpu").encode(["still fine"]).dense.shape[0] == 1

