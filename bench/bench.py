@@ -363,7 +363,7 @@ def section_cpu(args: argparse.Namespace) -> None:
     ours.encode(texts[:32])
     s, _ = timed(lambda: ours.encode(texts))
     record("bge-plugins Embedder (fp32)", "passages 2k, CPU", "dense", s, tokens, 0.0)
-    reference = ours.encode(texts[:200])  # to check that fastembed computes the same vectors
+    reference = ours.encode(texts[:200]).dense  # to check that fastembed computes the same vectors
     from FlagEmbedding import FlagModel
 
     fe = FlagModel(path, devices="cpu", use_fp16=False)
