@@ -147,9 +147,9 @@ class Engine:
             family.fused_backbone = fused_encoder(family.backbone_module(), fp8=fp8)
         if fp8 and (not self.packed or family.fused_backbone is None):
             model_type = getattr(getattr(family.model, "config", None), "model_type", type(family.model).__name__)
+            why = "packed=False was asked for" if not self.packed else f"this is a {model_type} model"
             raise ValueError(f"dtype='fp8' runs the packed encoder of BERT / XLM-R models (dense, BGE-M3, "
-                             f"cross-encoders); this {model_type} model {'' if self.packed else 'unpacked '}"
-                             "runs in fp32, fp16 or bf16")
+                             f"cross-encoders), and {why}: use fp32, fp16 or bf16")
         # Small batches (an online query, a server's merged queries) replay CUDA graphs instead of
         # launching kernels one by one.
         self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None
