@@ -13,6 +13,7 @@ from bge_core.engine.runner import Engine
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Family
 from bge_core.memo import OutputMemo
+from bge_core.models.fp8 import FP8
 from bge_core.registry import FAMILY_DEFAULTS, ModelSpec, detect_spec
 
 if TYPE_CHECKING:
@@ -25,10 +26,9 @@ _DTYPES = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    # Opt-in: E4M3 linear layers in BERT / XLM-R encoders, the rest in bf16 (models/encoder.py).
-    "fp8": torch.float8_e4m3fn, "float8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+    # Opt-in: E4M3 linear layers in BERT / XLM-R encoders, the rest in bf16 (models/fp8.py).
+    "fp8": FP8, "float8": FP8, "fp8_e4m3": FP8,
 }
-FP8 = torch.float8_e4m3fn
 #: Half-precision dtypes the packed (padding-free) CUDA path runs.
 _PACKED_DTYPES = (torch.float16, torch.bfloat16, FP8)
 
@@ -65,6 +65,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+def _weights_dtype(torch_dtype: torch.dtype) -> torch.dtype:
+    """The dtype a checkpoint's weights are loaded in: fp8 models load in bf16 (the engine quantizes the
+    encoder's linear layers; the rest runs in bf16)."""
+    return torch.bfloat16 if torch_dtype == FP8 else torch_dtype
 
 
 def check_fp8_device(device: torch.device) -> None:
@@ -250,9 +256,7 @@ def load_model(
         if loaded is None:
             check_files(path)
             try:
-                # fp8: the model is loaded in bf16; the engine quantizes its encoder's linear layers
-                load_dtype = torch.bfloat16 if torch_dtype == FP8 else torch_dtype
-                fam = family_class(spec.family).load(path, spec, torch_device, load_dtype)
+                fam = family_class(spec.family).load(path, spec, torch_device, _weights_dtype(torch_dtype))
             except ModelLoadError:
                 raise
             except (OSError, ValueError, RuntimeError, KeyError) as error:
@@ -344,9 +348,9 @@ def _load_on_devices(name_or_path: str, devices: list[Any], **kwargs: Any) -> Lo
     if torch_dtype == FP8:
         for d in torch_devices:
             check_fp8_device(d)
-    # the scheduler's copy never runs: bf16 stands in for fp8 (which has no CPU kernels)
-    scheduler_dtype = torch.bfloat16 if torch_dtype == FP8 else torch_dtype
-    scheduler = load_model(name_or_path, **{**kwargs, "dtype": scheduler_dtype, "packed": packed}, device="cpu")
+    # the scheduler's copy never runs, so fp8 (which has no CPU kernels) is held in its weights' bf16
+    scheduler = load_model(name_or_path, **{**kwargs, "dtype": _weights_dtype(torch_dtype), "packed": packed},
+                           device="cpu")
     key = (scheduler.path, scheduler.spec.family, tuple(map(str, torch_devices)), str(torch_dtype), packed)
     with _CACHE_LOCK:
         loaded = _POOLS.get(key)

@@ -24,9 +24,9 @@ from bge_core.families.base import Batch, Family, HostOutputs, PackedBatch, Pend
 from bge_core.models.encoder import fused_encoder
 
 #: Default token budget of one batch (padded rows × longest row). Large enough to keep a GPU
-#: busy on passages, small enough for an 8192-token document to fit on a modest card.
-# On CPU small batches keep a layer's activations in cache: 2,048 tokens ran 3,249 tok/s against 1,990 for
-# 16,384 (bge-small shape, 2,000 passages, 2 cores; 1,024 gave 3,195).
+#: busy on passages, small enough for an 8192-token document to fit on a modest card. On CPU, small
+#: batches keep a layer's activations in cache: 2,048 tokens ran 3,249 tok/s against 1,990 for 16,384
+#: (bge-small shape, 2,000 passages, 2 cores; 1,024 gave 3,195).
 DEFAULT_TOKEN_BUDGET = {"cuda": 65536, "cpu": 2048}
 #: How PyTorch allocates the pinned host memory outputs are copied into (see `_fast_pinned_memory`).
 PINNED_SETTINGS = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from bge_core.engine.attention import packed_attention
+from bge_core.models import fp8 as fp8_math
 from bge_core.models.compiled import Compiled
 
 if TYPE_CHECKING:
@@ -57,12 +58,6 @@ POST_ATTENTION = Compiled(_post_attention)
 
 
 
-def _fp8():  # imported where fp8 is asked for: most processes never need it
-    from bge_core.models import fp8
-
-    return fp8
-
-
 class FusedEncoder:
     """Packed-token forward of a BERT / XLM-R backbone; build with `fused_encoder`.
 
@@ -92,7 +87,7 @@ class FusedEncoder:
                        out.LayerNorm.bias, layer.intermediate.dense.weight, layer.intermediate.dense.bias,
                        layer.output.dense.weight, layer.output.dense.bias, layer.output.LayerNorm.weight,
                        layer.output.LayerNorm.bias)
-            self.layers.append(_fp8().Fp8LayerWeights.of(*weights) if fp8 else weights)
+            self.layers.append(fp8_math.Fp8LayerWeights.of(*weights) if fp8 else weights)
 
     def __call__(self, batch: PackedBatch) -> torch.Tensor:
         x = self.embeddings(input_ids=batch.input_ids, position_ids=batch.position_ids)[0]
@@ -108,7 +103,6 @@ class FusedEncoder:
 
     def _forward_fp8(self, x: torch.Tensor, cu: torch.Tensor, longest: int) -> torch.Tensor:
         tokens, width = x.shape
-        fp8_math = _fp8()
         x8, x_scale = fp8_math.QUANTIZE_ROWS(x)
         for w in self.layers:
             qkv = fp8_math.fp8_linear(x8, x_scale, w.qkv, w.qkv_scale, w.qkv_bias)

@@ -85,6 +85,7 @@ def gelu_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         >>> values.shape, scales.shape
         (torch.Size([4, 64]), torch.Size([4, 1]))
     """
+    global _KERNEL_FAILED
     if x.is_cuda and not _KERNEL_FAILED:
         try:
             from bge_core.models.fp8_kernels import gelu_quantize_rows_triton
@@ -93,17 +94,13 @@ def gelu_quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # noqa: BLE001 - no Triton, or it cannot build the kernel: the same math in torch
-            _kernel_failed(error)
+            _KERNEL_FAILED = True
+            log.warning("the Triton GELU-quantize kernel is unavailable (%s: %s); using torch",
+                        type(error).__name__, error)
     return quantize_rows(F.gelu(x.float()))
 
 
 _KERNEL_FAILED = False
-
-
-def _kernel_failed(error: Exception) -> None:
-    global _KERNEL_FAILED
-    _KERNEL_FAILED = True
-    log.warning("the Triton GELU-quantize kernel is unavailable (%s: %s); using torch", type(error).__name__, error)
 
 
 @dataclass(frozen=True)
