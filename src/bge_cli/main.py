@@ -14,6 +14,10 @@ Errors a user can fix (bad input file, unknown model, wrong option) print one li
 
 from __future__ import annotations
 
+import gc
+import sys
+from typing import Any
+
 import click
 
 from bge_cli.commands.demo import demo
@@ -31,6 +35,16 @@ from bge_cli.common import quiet_libraries
 def main() -> None:
     """BGE embedders, BGE-M3 hybrid search on Milvus and BGE rerankers from the command line."""
     quiet_libraries()
+
+
+@main.result_callback()
+def _before_exit(*_: Any, **__: Any) -> None:
+    """The process ends once a command returns: freezing the heap spares the interpreter's last
+    collection a walk over every object of torch and transformers (~1 s of a `bge eval` run on a
+    2-core machine, 1.4–2.3 s on a GPU host, all of it spent after the results were written). Not
+    after Milvus Lite ran: it deletes its database's lock file in a finalizer, which must still run."""
+    if "milvus_lite" not in sys.modules:
+        gc.freeze()
 
 
 for command in (encode, index, search, demo, merge, serve, eval_command):

@@ -45,7 +45,8 @@ class Embedder(ModelHandle):
             checkpoint's name and files do not tell.
         text_model: for a Visualized-BGE ``.pth`` (images + texts), the BGE model it was trained from (hub id
             or directory: config and tokenizer); default the ``.pth``'s directory if it holds a config.json.
-        warm_up: compile and capture CUDA graphs at load (`warm_up()`), so the first calls run at full speed;
+        warm_up: compile and capture CUDA graphs at load (`warm_up()`), so the first calls run at full speed
+            (``False``: load fast and run the encoder uncompiled, ~9% slower, until `warm_up()` is called);
             default: on CUDA, once per loaded checkpoint.
 
     Example:

@@ -27,6 +27,7 @@ class ModelHandle(ABC):
         """Pay now what first calls would pay: compiling the encoder, capturing the CUDA graph of every
         small-batch size bucket, growing the device memory pool to a full batch. Servers call it
         before they accept traffic, so no request waits for a capture. Cheap when already warm.
+        Without a warm-up the encoder is never compiled (models/compiled.py says why).
 
         Returns:
             the seconds it took.
@@ -36,8 +37,10 @@ class ModelHandle(ABC):
             6.2
         """
         from bge_core.engine.graphs import BUCKETS, SLOTS
+        from bge_core.models.compiled import allow_compiling
 
         start = time.perf_counter()
+        allow_compiling()
         per_word = len(self.tokenize("warm " * 9)[0]) - len(self.tokenize("warm " * 8)[0]) or 1
         fixed = len(self.tokenize("")[0])
 

@@ -40,7 +40,8 @@ class Reranker(ModelHandle):
             does), so the caller's own Python work never competes with the model for the GIL.
         family: force a family (``"cross_encoder"``, ``"llm_reranker"``, ``"layerwise_reranker"``,
             ``"lightweight_reranker"``) when a local checkpoint's name and files do not tell.
-        warm_up: compile and capture CUDA graphs at load (`warm_up()`), so the first calls run at full speed;
+        warm_up: compile and capture CUDA graphs at load (`warm_up()`), so the first calls run at full speed
+            (``False``: load fast and run the encoder uncompiled, ~9% slower, until `warm_up()` is called);
             default: on CUDA, once per loaded checkpoint.
 
     Example:

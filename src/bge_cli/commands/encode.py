@@ -7,7 +7,7 @@ import time
 
 import click
 
-from bge_cli.common import DTYPES, load_embedder, user_errors
+from bge_cli.common import DTYPES, load_embedder, user_errors, warm_up_if_large
 from bge_cli.io import InputError, atomic_output, chunked, read_records, scan
 
 
@@ -61,6 +61,7 @@ def encode(model: str, input_path: str, output: str, dense: bool, sparse: bool, 
             return
         total = scan(input_path, text_field=text_field, id_field=id_field)  # bad input fails before any work
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length, batch_tokens=batch_tokens)
+        warm_up_if_large(embedder, input_path)
         if (sparse or colbert) and embedder.family != "m3":
             raise InputError(f"{model}: --sparse and --colbert need a BGE-M3 model; this is a {embedder.family} model")
         colbert_dim = embedder.colbert_dim if colbert else None

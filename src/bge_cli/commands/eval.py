@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from bge_cli.common import DTYPES, load_embedder, milvus, user_errors
+from bge_cli.common import DTYPES, ONE_SHOT, load_embedder, milvus, user_errors, warm_up_if_large
 from bge_cli.demo import prepare_hub
 from bge_cli.io import InputError, atomic_output, format_table
 
@@ -111,12 +111,13 @@ def eval_command(dataset_dir: str, model: str, reranker: str | None, mode: str, 
         started = time.perf_counter()
         embedder = load_embedder(model, device=device, dtype=dtype, max_length=max_length,
                                  query_instruction=query_instruction, batch_tokens=batch_tokens)
+        warm_up_if_large(embedder, sum(map(len, dataset.corpus_texts)))
         rerank_model = None
         if reranker is not None:
             from bge_core import Reranker
 
             prepare_hub([reranker])
-            rerank_model = Reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens)
+            rerank_model = Reranker(reranker, device=device, dtype=dtype, batch_tokens=batch_tokens, **ONE_SHOT)
         load_seconds = time.perf_counter() - started
         result = evaluate(dataset, embedder, modes=modes, reranker=rerank_model, k_values=k_values, top_k=top_k,
                           rerank_top_k=rerank_top_k, ignore_identical_ids=ignore_identical_ids, backend=backend,

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from bge_cli.common import load_embedder, milvus, milvus_options, user_errors
+from bge_cli.common import load_embedder, milvus, milvus_options, user_errors, warm_up_if_large
 from bge_cli.io import InputError, chunked, read_records
 
 
@@ -43,6 +43,7 @@ def index(input_path: str, collection: str, uri: str, token: str, model: str, de
     with user_errors():
         total = check_index_input(input_path, text_field, id_field)
         embedder = load_embedder(model, m3=True, device=device, dtype=dtype, max_length=max_length)
+        warm_up_if_large(embedder, input_path)
         before, start = embedder.loaded.engine.rows_forwarded, time.perf_counter()
         with bge_milvus.HybridCollection(collection, embedder, uri=uri, token=token, max_length=max_length) as coll, \
                 tqdm(total=total, unit="text", desc="index", disable=quiet) as bar:

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from bge_cli.common import load_embedder, milvus, milvus_options, user_errors
+from bge_cli.common import ONE_SHOT, load_embedder, milvus, milvus_options, user_errors
 from bge_cli.demo import prepare_hub
 from bge_cli.io import InputError, excerpt, format_table
 
@@ -45,7 +45,7 @@ def search(query: str, collection: str, uri: str, token: str, model: str, device
             from bge_core import Reranker
 
             prepare_hub([rerank])
-            reranker = Reranker(rerank, device=device, dtype=dtype)
+            reranker = Reranker(rerank, device=device, dtype=dtype, **ONE_SHOT)
         with bge_milvus.HybridCollection(collection, embedder, uri=uri, token=token, max_length=max_length) as coll:
             start = time.perf_counter()
             hits = coll.search(query, k=k, mode=mode, filter=expr, rerank=reranker or rerank, candidates=candidates)

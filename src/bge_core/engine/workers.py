@@ -40,6 +40,7 @@ from bge_core.engine.runner import (
 )
 from bge_core.engine.transfer import RING_BYTES, OutputRing, RingReader, pickled, read_message
 from bge_core.families.base import Family, HostOutputs, TokenizedItem
+from bge_core.models.compiled import allow_compiling
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def _worker_main(load_engine: Callable[..., Any], load_kwargs: dict[str, Any], w
     try:
         engine = load_engine(**load_kwargs, device=device)
         torch.set_grad_enabled(False)
+        allow_compiling()  # a worker lives as long as its model: compiling pays there
     except BaseException as error:  # noqa: BLE001 - reported to the caller, which raises it
         results.put(("failed", worker, _portable(error)))
         return
