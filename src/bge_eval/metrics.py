@@ -33,6 +33,29 @@ def ranked(scores: Mapping[str, float]) -> list[tuple[str, float]]:
     return sorted(scores.items(), key=lambda item: (float(np.float32(item[1])), item[0]), reverse=True)
 
 
+def first_relevant_rank(scores: Mapping[str, float], relevant: set[str]) -> int | None:
+    """1-based rank of the best-ranked relevant hit in `ranked` order, without sorting every hit.
+
+    Example:
+        >>> first_relevant_rank({"d1": 0.5, "d2": 0.5, "d3": 0.9}, {"d1"})
+        3
+    """
+    found = [(doc, score) for doc, score in scores.items() if doc in relevant]
+    if not found:
+        return None
+    values = np.fromiter(scores.values(), dtype=np.float32, count=len(scores))
+    docs: list[str] | None = None
+    best = None
+    for doc, score in found:
+        tied = values == np.float32(score)
+        rank = int((values > np.float32(score)).sum()) + 1
+        if int(tied.sum()) > 1:  # equal scores rank by doc id, descending
+            docs = list(scores) if docs is None else docs
+            rank += sum(1 for i in np.flatnonzero(tied) if docs[i] > doc)
+        best = rank if best is None else min(best, rank)
+    return best
+
+
 def mrr_at_k(qrels: Qrels, run: Run, k_values: Sequence[int]) -> dict[int, dict[str, float]]:
     """Reciprocal rank of the first relevant (relevance > 0) hit within the top k, per query.
 
@@ -46,8 +69,7 @@ def mrr_at_k(qrels: Qrels, run: Run, k_values: Sequence[int]) -> dict[int, dict[
     for qid, scores in run.items():
         if qid not in qrels:
             continue
-        relevant = {doc for doc, rel in qrels[qid].items() if rel > 0}
-        first = next((rank for rank, (doc, _) in enumerate(ranked(scores), start=1) if doc in relevant), None)
+        first = first_relevant_rank(scores, {doc for doc, rel in qrels[qid].items() if rel > 0})
         for k in k_values:
             out[k][qid] = 1.0 / first if first is not None and first <= k else 0.0
     return out

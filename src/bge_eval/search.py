@@ -147,9 +147,11 @@ class ExactSearch:
                 best_scores = torch.gather(best_scores, 1, order)
                 best_index = torch.gather(best_index, 1, order)
             scores_np, index_np = best_scores.cpu().numpy(), best_index.cpu().numpy()
+            doc_ids = self.doc_ids
             for row, qid in enumerate(query_ids[q0:q1]):
                 keep = np.isfinite(scores_np[row])
-                run[qid] = {self.doc_ids[i]: float(s) for i, s in zip(index_np[row][keep], scores_np[row][keep])}
+                # Bulk conversions (tolist) instead of one numpy scalar per hit: a million hits per 1,000 queries.
+                run[qid] = dict(zip([doc_ids[i] for i in index_np[row][keep].tolist()], scores_np[row][keep].tolist()))
             bar.update(q1 - q0)
         bar.close()
         return run

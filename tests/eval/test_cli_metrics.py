@@ -11,6 +11,7 @@ import pytrec_eval
 
 from bge_core import Embedder, Reranker
 from bge_eval import evaluate, mrr_at_k, read_dataset, read_trec_run
+from bge_eval.metrics import first_relevant_rank, ranked
 from tests.eval.conftest import QUERY_INSTRUCTION, bge, write_custom
 
 K = [1, 3, 5, 10, 100]
@@ -105,6 +106,19 @@ def test_mrr_follows_pytrec_eval_tie_order_not_insertion_order():
     assert mrr_at_k(qrels, run, [1, 2]) == {1: {"q": 0.0}, 2: {"q": 0.5}}
     per_query = pytrec_eval.RelevanceEvaluator(qrels, {"P.1"}).evaluate(run)
     assert per_query["q"]["P_1"] == 0.0  # pytrec_eval agrees: "a" is not first
+
+
+def test_first_relevant_rank_equals_the_position_in_pytrec_eval_order_on_random_ties():
+    """MRR's rank comes from counting hits ahead (no sort); it must equal the position in the full
+    score-then-doc-id order, also with float32 ties and several relevant documents."""
+    rng = np.random.default_rng(7)
+    values = [0.5, 0.25, 0.1, 0.1 + 1e-9, 0.75]  # 0.1 and 0.1 + 1e-9 are one float32
+    for _ in range(2000):
+        docs = [f"d{i}" for i in rng.integers(0, 40, rng.integers(1, 30))]
+        scores = {d: float(rng.choice(values)) if rng.random() < 0.7 else float(rng.random()) for d in docs}
+        relevant = {d for d in scores if rng.random() < 0.3} | ({"missing"} if rng.random() < 0.2 else set())
+        expected = next((r for r, (d, _) in enumerate(ranked(scores), start=1) if d in relevant), None)
+        assert first_relevant_rank(scores, relevant) == expected, (scores, relevant)
 
 
 def test_custom_layout_with_integer_ids_gives_the_same_metrics(tmp_path, beir_dir, dense_path):
