@@ -12,13 +12,40 @@ Example:
 
 from __future__ import annotations
 
-from bge_core.embedder import Embedder
-from bge_core.errors import BgeCoreError, ModelLoadError
-from bge_core.loading import clear_cache, load_model
-from bge_core.registry import KNOWN_MODELS, LLM_EMBEDDER_INSTRUCTIONS, ModelSpec
-from bge_core.reranker import Reranker
-from bge_core.scoring import colbert_score, combine_scores, lexical_matching_score
-from bge_core.types import Embeddings, RerankHit, Token
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bge_core.embedder import Embedder
+    from bge_core.errors import BgeCoreError, ModelLoadError
+    from bge_core.loading import clear_cache, load_model
+    from bge_core.registry import KNOWN_MODELS, LLM_EMBEDDER_INSTRUCTIONS, ModelSpec
+    from bge_core.reranker import Reranker
+    from bge_core.scoring import colbert_score, combine_scores, lexical_matching_score
+    from bge_core.types import Embeddings, RerankHit, Token
+
+# Imported on first use: `import bge_core.errors` (what a command line needs to parse its options and
+# report a bad one) then costs no torch or transformers import, several seconds on some hosts.
+_HOMES = {
+    "Embedder": "embedder", "BgeCoreError": "errors", "ModelLoadError": "errors", "clear_cache": "loading",
+    "load_model": "loading", "KNOWN_MODELS": "registry", "LLM_EMBEDDER_INSTRUCTIONS": "registry",
+    "ModelSpec": "registry", "Reranker": "reranker", "colbert_score": "scoring", "combine_scores": "scoring",
+    "lexical_matching_score": "scoring", "Embeddings": "types", "RerankHit": "types", "Token": "types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'bge_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"bge_core.{home}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
+
 
 __all__ = [
     "KNOWN_MODELS",

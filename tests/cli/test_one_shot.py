@@ -68,3 +68,20 @@ def test_the_heap_is_frozen_once_a_command_returned_unless_milvus_lite_ran(tmp_p
     frozen = int(done.stdout.rpartition("frozen objects:")[2])
     # Milvus Lite deletes its lock file in a finalizer, which a frozen heap would never run.
     assert frozen > 100_000 if first == "plain" else frozen == 0
+
+
+def test_help_and_a_bad_option_import_no_torch():
+    """`bge --help` and an option error answer without loading torch (seconds on some hosts): the command
+    line reaches bge_core only through its light error module until a command runs."""
+    code = """import sys
+from bge_cli.main import main
+for args in (["--help"], ["eval", "--no-such-option"]):
+    try:
+        main(args, standalone_mode=False)
+    except Exception as error:
+        print(type(error).__name__)
+print("torch loaded:", "torch" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "NoSuchOption" in done.stdout and "torch loaded: False" in done.stdout, done.stdout
