@@ -12,7 +12,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,7 +38,9 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'bge_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"bge_core.{home}"), name)
+    from bge_core import embedder, errors, loading, registry, reranker, scoring, types  # noqa: F401
+
+    value = getattr(sys.modules[f"{__name__}.{home}"], name)
     globals()[name] = value
     return value
 
