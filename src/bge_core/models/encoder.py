@@ -7,8 +7,8 @@ PyTorch's varlen flash kernel does attention, the feed-forward's GELU runs insid
 GEMM, and the rest of the layer (output projection, residual, LayerNorm, feed-forward, residual,
 LayerNorm) is one `torch.compile`d function with a dynamic token count, so residual adds fuse into
 the LayerNorms. The weights are the model's own (Q/K/V concatenated once); the math is the same up
-to bf16/fp16 rounding. Where compilation is not available (no Triton, no compiler), the same
-function runs eagerly.
+to bf16/fp16 rounding. Before a warm-up (models/compiled.py), or where compilation is not available
+(no Triton, no compiler), the same function runs eagerly.
 
 With ``fp8=True`` (``dtype="fp8"``) the four linear layers of every encoder layer run as E4M3 GEMMs
 (models/fp8.py); attention, LayerNorms, biases, GELU and the heads stay in bf16.
