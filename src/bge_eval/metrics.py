@@ -40,7 +40,7 @@ def first_relevant_rank(scores: Mapping[str, float], relevant: set[str]) -> int 
         >>> first_relevant_rank({"d1": 0.5, "d2": 0.5, "d3": 0.9}, {"d1"})
         3
     """
-    found = [(doc, score) for doc, score in scores.items() if doc in relevant]
+    found = [(doc, scores[doc]) for doc in relevant if doc in scores]
     if not found:
         return None
     values = np.fromiter(scores.values(), dtype=np.float32, count=len(scores))
