@@ -85,3 +85,15 @@ print("torch loaded:", "torch" in sys.modules)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "NoSuchOption" in done.stdout and "torch loaded: False" in done.stdout, done.stdout
+
+
+def test_every_public_name_of_bge_core_resolves_from_its_lazy_table():
+    """`__all__` (what type checkers read) and the table `__getattr__` serves list the same names, and each
+    resolves to the object of the module the table names."""
+    import importlib
+
+    import bge_core
+
+    assert sorted(bge_core.__all__) == sorted(bge_core._HOMES)
+    for name, home in bge_core._HOMES.items():
+        assert getattr(bge_core, name) is getattr(importlib.import_module(f"bge_core.{home}"), name)
