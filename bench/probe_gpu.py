@@ -6,6 +6,8 @@
     python bench/probe_gpu.py host       # where the calling thread's time goes in one call
     python bench/probe_gpu.py epilogue   # feed-forward GELU inside the up-projection GEMM (cuBLASLt) vs after it
     python bench/probe_gpu.py compile    # the fused layer's tail compiled vs eager: one layer, passages
+    python bench/probe_gpu.py query      # one 16-token query: stages, the graph's kernels, small-M GEMMs
+    python bench/probe_gpu.py evalenc    # `bge eval`'s corpus encoding (bge-small, 100,000 passages): GIL hand-offs
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
 """
@@ -397,6 +399,101 @@ def compile_gain():
     os.environ.pop(COMPILE_ENV)
 
 
+def eval_encoding():
+    """`bge eval`'s corpus encoding on bench/eval.py's workload (bge-small shape, fp16, 100,000 passages),
+    as `bge eval` loads the model (no warm-up): tokenizing alone, the whole call, the call with a
+    shorter GIL switch interval (the tokenizer thread and the launching thread hand the GIL back and
+    forth), and tokenizing everything before the forward (no overlap)."""
+    import importlib.util
+
+    from bge_core import Embedder
+
+    spec = importlib.util.spec_from_file_location("bench_eval", os.path.join(os.path.dirname(__file__), "eval.py"))
+    bench_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_eval)
+    path = bench_eval.build_dense(f"{CK}/eval-small", 384, 12, 12)
+    texts = W.corpus(100_000, 8, 510, 90, 0.6, 11)
+    emb = Embedder(path, device="cuda:0", dtype="fp16", warm_up=False)
+    engine = emb.loaded.engine
+    emb.encode_documents(texts[:2000])
+    t = time.perf_counter()
+    rows = engine.tokenize(texts, 512, {})
+    tokenize_s = time.perf_counter() - t
+    tokens = sum(len(r.ids) for r in rows)
+    say("evalenc tokens", tokens)
+    say("evalenc tokenize alone s", round(tokenize_s, 3))
+    default = sys.getswitchinterval()
+    for label, interval, kw in (("default", default, {}), ("default again", default, {}),
+                                ("switch 1 ms", 1e-3, {}), ("switch 0.2 ms", 2e-4, {}),
+                                ("tokenize first", default, {"truncate": False})):
+        sys.setswitchinterval(interval)
+        before = engine.forward_calls
+        s = wall(lambda: emb.encode_documents(texts, **kw), repeats=1)
+        say(f"evalenc {label}", dict(s=round(s, 3), mtok_s=round(tokens / s / 1e6, 3),
+                                     batches=engine.forward_calls - before))
+    sys.setswitchinterval(default)
+
+
+def query_latency():
+    """Where a 16-token query's time goes (bge-m3 shape, bf16, warmed up): end to end, by stage, each
+    kernel of the replayed 32-token graph, and the encoder's four GEMMs at 32 rows (cuBLAS, cuBLASLt)
+    against the time their weights take to read at the card's bandwidth."""
+    import torch.nn.functional as F
+
+    from bge_core import Embedder
+
+    emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="bf16", reuse_outputs=False)
+    engine = emb.loaded.engine
+    query = " ".join(f"w{i}" for i in range(14))
+    for _ in range(30):
+        emb.encode([query])
+
+    def latency(fn, calls=300):
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        times.sort()
+        return dict(p50_ms=round(times[len(times) // 2] * 1e3, 3), p99_ms=round(times[int(len(times) * 0.99)] * 1e3, 3))
+
+    say("query e2e", latency(lambda: emb.encode([query])))
+    rows = engine.tokenize([query], 512, {})
+    say("query tokenize", latency(lambda: engine.tokenize([query], 512, {})))
+    with torch.inference_mode():
+        say("query pack", latency(lambda: engine._pack(rows)))
+        batch = engine._pack(rows)
+        say("query graph call + sync", latency(lambda: (engine.graphs.backbone(batch), torch.cuda.synchronize())))
+        graph = engine.graphs.graphs[32]
+        say("query bare replay GPU ms", round(gpu_ms(graph.graph.replay, 100), 4))
+        options = {"dense": True, "sparse": False, "colbert": False, "normalize": True}
+        say("query forward + heads + host", latency(lambda: engine._forward(rows, options).host_outputs()))
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                graph.graph.replay()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        by_name: dict = {}
+        for e in kernels:
+            by_name.setdefault(e.name[:90], []).append(e.device_time)
+        say("query graph kernels per replay", len(kernels) / 10)
+        say("query graph kernel us (total per replay, count per replay)",
+            {k: (round(sum(v) / 10, 1), len(v) // 10) for k, v in sorted(by_name.items(), key=lambda kv: -sum(kv[1]))})
+        bandwidth = 4.8e12
+        for n, k in ((3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)):
+            x = torch.randn(32, k, device="cuda", dtype=torch.bfloat16)
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+            b = torch.zeros(n, device="cuda", dtype=torch.bfloat16)
+            row = {"weights read at 4.8 TB/s us": round(n * k * 2 / bandwidth * 1e6, 2)}
+            for library in ("cublas", "cublaslt"):
+                torch.backends.cuda.preferred_blas_library(library)
+                row[library] = round(gpu_ms(lambda: F.linear(x, w, b), 200) * 1e3, 2)
+            torch.backends.cuda.preferred_blas_library("cublas")
+            say(f"query gemm 32x{k}->{n} us", row)
+
+
 def main():
     parts = sys.argv[1].split(",") if len(sys.argv) > 1 else ["attn", "e2e"]
     if "attn" in parts:
@@ -411,6 +508,10 @@ def main():
         gelu_epilogue()
     if "compile" in parts:
         compile_gain()
+    if "query" in parts:
+        query_latency()
+    if "evalenc" in parts:
+        eval_encoding()
     with open(f"{OUT}/probe.json", "w") as fh:
         json.dump(LOG, fh, indent=1)
 

@@ -319,3 +319,43 @@ def test_worker_process_runs_one_device_in_a_worker_and_small_calls_do_not_wait_
         calls.setdefault(message[1], []).append(message[6])
     assert [last for marks in calls.values() for last in marks].count(True) == len(calls) == 2
     assert all(marks[-1] and not any(marks[:-1]) for marks in calls.values())
+
+
+@pytest.mark.parametrize("offset", [0, 2])
+def test_small_batches_derive_positions_on_the_host_as_large_ones_do_on_the_device(offset):
+    """A query-sized batch gets its offsets, positions and sequence ids from numpy; a passages batch from
+    device kernels. Both give the same tensors, with the right dtypes, for one and many sequences."""
+    from bge_core.engine.packing import derive_on_device, derive_on_host
+
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 17, 64):
+        lengths = rng.integers(1, 40, size=n)
+        ids = rng.integers(0, 30_000, size=int(lengths.sum()))
+        host = derive_on_host(ids, lengths, offset, torch.device("cpu"))
+        device = derive_on_device(ids, lengths, offset, torch.device("cpu"))
+        for a, b, dtype in zip(host, device, (torch.int64, torch.int64, torch.int64, torch.int32), strict=True):
+            assert a.dtype == b.dtype == dtype
+            assert torch.equal(a, b)
+        ids_t, positions, seq_ids, cu = host
+        assert ids_t.tolist() == ids.tolist()
+        assert cu.tolist() == [0, *np.cumsum(lengths).tolist()]
+        first = 0
+        for i, length in enumerate(lengths.tolist()):
+            assert positions[first : first + length].tolist() == list(range(offset, offset + length))
+            assert set(seq_ids[first : first + length].tolist()) == {i}
+            first += length
+
+
+def test_a_packed_query_and_a_packed_passages_batch_both_match_padded(dense_path, parity_texts):
+    """One short text takes the host-built path and many long ones the device-built path of `_pack`."""
+    from bge_core.engine import packing
+
+    packed = Embedder(dense_path, device="cpu", packed=True, reuse_outputs=False, batch_tokens=1 << 16)
+    padded = Embedder(dense_path, device="cpu", packed=False, reuse_outputs=False)
+    engine = packed.loaded.engine
+    long_texts = [" ".join([t] * 40)[:4000] for t in parity_texts] * 2  # one chunk, one batch
+    for texts, large in (([parity_texts[0]], False), (long_texts, True)):
+        calls, tokens = engine.forward_calls, engine.tokens_forwarded
+        np.testing.assert_allclose(packed.encode(texts).dense, padded.encode(texts).dense, atol=1e-5)
+        assert engine.forward_calls == calls + 1  # one batch, so its size picks the path
+        assert (engine.tokens_forwarded - tokens >= packing.SMALL_BATCH_TOKENS) == large

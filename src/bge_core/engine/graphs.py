@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from bge_core.engine.packing import host_layout
 from bge_core.families.base import Family, PackedBatch
 
 log = logging.getLogger(__name__)
@@ -29,11 +31,24 @@ SLOTS = 64
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    input_ids: torch.Tensor
-    position_ids: torch.Tensor
-    cu_seqlens: torch.Tensor
+    inputs: torch.Tensor  # [2 * bucket + SLOTS + 1] int64: ids, positions, offsets (made int32 in the graph)
     hidden: torch.Tensor
-    filler_position: int
+    bucket: int
+    first_position: int
+
+    def staged(self, batch: PackedBatch, pad_token_id: int) -> np.ndarray:
+        """The graph's inputs for `batch`, laid out on the host (sent in one copy): the real
+        sequences, then the filler sequence (pad ids, first position), then empty sequences."""
+        n, bucket = len(batch.host_ids), self.bucket
+        cu, _, positions = host_layout(np.asarray(batch.lengths), self.first_position)
+        host = np.empty(2 * bucket + SLOTS + 1, dtype=np.int64)
+        host[:n] = batch.host_ids
+        host[n:bucket] = pad_token_id
+        host[bucket : bucket + n] = positions
+        host[bucket + n : 2 * bucket] = self.first_position
+        host[2 * bucket : 2 * bucket + len(cu)] = cu
+        host[2 * bucket + len(cu) :] = bucket
+        return host
 
 
 class GraphCache:
@@ -49,24 +64,20 @@ class GraphCache:
         self.replays = 0  # batches served by a graph (tests and benchmarks read it)
 
     def fits(self, batch: PackedBatch) -> bool:
-        return not self.broken and len(batch.lengths) <= SLOTS and sum(batch.lengths) < BUCKETS[-1]
+        return (not self.broken and batch.host_ids is not None and len(batch.lengths) <= SLOTS
+                and sum(batch.lengths) < BUCKETS[-1])
 
     def backbone(self, batch: PackedBatch) -> torch.Tensor | None:
         """Token states [T, d] of the batch's sequences, or None when no graph can serve it."""
         n = int(batch.input_ids.shape[1])
-        count = len(batch.lengths)
         bucket = next(b for b in BUCKETS if b > n)
         graph = self.graphs.get(bucket)
         if graph is None:
             graph = self._capture(bucket)
             if graph is None:
                 return None
-        graph.input_ids[0, :n].copy_(batch.input_ids[0])
-        graph.input_ids[0, n:].fill_(self.family.pad_token_id)
-        graph.position_ids[0, :n].copy_(batch.position_ids[0])
-        graph.position_ids[0, n:].fill_(graph.filler_position)
-        graph.cu_seqlens[: count + 1].copy_(batch.cu_seqlens)
-        graph.cu_seqlens[count + 1 :].fill_(bucket)  # the filler, then empty sequences
+        # Pageable memory: pinning costs more than a copy this small saves.
+        graph.inputs.copy_(torch.from_numpy(graph.staged(batch, self.family.pad_token_id)), non_blocking=True)
         graph.graph.replay()
         self.replays += 1
         return graph.hidden[:n]
@@ -75,33 +86,42 @@ class GraphCache:
         offset = self.family.position_offset()
         device = self.device
         # The filler's positions only need to be valid ids: every one is the first position, so a
-        # bucket may be longer than the model's position table.
-        filler = torch.full((bucket,), offset, dtype=torch.long, device=device)
-        batch = PackedBatch(
-            input_ids=torch.full((1, bucket), self.family.pad_token_id, dtype=torch.long, device=device),
-            position_ids=filler.clone()[None],
-            # Captured with as many sequences as a replay may have (the kernels' grids depend on it).
-            cu_seqlens=torch.tensor([0, bucket // 2] + [bucket] * SLOTS, dtype=torch.int32, device=device),
-            max_length=bucket,
-            lengths=[bucket // 2, bucket - bucket // 2] + [0] * (SLOTS - 1),
-            seq_ids=torch.zeros(bucket, dtype=torch.long, device=device),
-        )
+        # bucket may be longer than the model's position table. Captured with as many sequences as
+        # a replay may have (the kernels' grids depend on it).
+        inputs = torch.full((2 * bucket + SLOTS + 1,), bucket, dtype=torch.long, device=device)
+        inputs[:bucket] = self.family.pad_token_id
+        inputs[bucket : 2 * bucket] = offset
+        inputs[2 * bucket] = 0
+        inputs[2 * bucket + 1] = bucket // 2
+
+        def backbone() -> torch.Tensor:
+            # The offsets become int32 inside the graph, so a replay needs one copy of one buffer.
+            batch = PackedBatch(
+                input_ids=inputs[:bucket][None],
+                position_ids=inputs[bucket : 2 * bucket][None],
+                cu_seqlens=inputs[2 * bucket :].to(torch.int32),
+                max_length=bucket,
+                lengths=[bucket // 2, bucket - bucket // 2] + [0] * (SLOTS - 1),
+                seq_ids=torch.zeros(bucket, dtype=torch.long, device=device),
+            )
+            return self.family.backbone_packed(batch)
+
         try:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side), torch.inference_mode():
                 for _ in range(2):  # warm-up outside the graph (lazy initialisation, autotuning)
-                    self.family.backbone_packed(batch)
+                    backbone()
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
             with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
-                hidden = self.family.backbone_packed(batch)
+                hidden = backbone()
         except (RuntimeError, torch.cuda.CudaError) as error:  # capture unsupported: stay eager
             log.warning("CUDA graph capture failed (%s); running eagerly", error)
             self.broken = True
             return None
-        captured = _Graph(graph, batch.input_ids, batch.position_ids, batch.cu_seqlens, hidden, offset)
+        captured = _Graph(graph, inputs, hidden, bucket, offset)
         self.graphs[bucket] = captured
         return captured

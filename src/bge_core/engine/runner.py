@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bge_core.engine import schedule
+from bge_core.engine import packing, schedule
 from bge_core.engine.attention import can_pack, use_packed_attention
 from bge_core.engine.graphs import GraphCache
 from bge_core.families.base import Batch, Family, HostOutputs, PackedBatch, Pending, TokenizedItem
@@ -312,34 +312,13 @@ class Engine:
             return out
 
     def _pack(self, rows: list[TokenizedItem]) -> PackedBatch:
-        """One host-to-device copy (ids, then lengths); offsets, positions and sequence ids are
-        derived on the device. Each copy or pin releases and re-takes the GIL, which the
-        tokenizer thread may hold for milliseconds, so the host does as few as it can."""
-        n = len(rows)
-        host = np.empty(n, dtype=np.int64)
-        host[:] = [len(r.ids) for r in rows]
-        total = int(host.sum())
-        host = np.concatenate([np.fromiter(itertools.chain.from_iterable(r.ids for r in rows), dtype=np.int64,
-                                           count=total), host])
-        buffer = torch.from_numpy(host)
-        if self.device.type == "cuda":
-            # Pinned, so the copy does not wait for kernels already queued; pinning costs more than a
-            # small copy saves (online queries).
-            buffer = (buffer.pin_memory() if total >= 4096 else buffer).to(self.device, non_blocking=True)
-        ids, lengths = buffer[:total], buffer[total:]
-        cu = torch.zeros(n + 1, dtype=torch.int32, device=buffer.device)
-        cu[1:] = torch.cumsum(lengths, 0)
-        seq_ids = torch.repeat_interleave(torch.arange(n, device=buffer.device), lengths, output_size=total)
-        positions = torch.arange(total, device=buffer.device) - cu[:-1].long()[seq_ids] + self.family.position_offset()
-        return PackedBatch(
-            input_ids=ids[None],
-            position_ids=positions[None],
-            cu_seqlens=cu,
-            max_length=int(host[total:].max()),
-            lengths=host[total:].tolist(),
-            seq_ids=seq_ids,
-            metas=[r.meta for r in rows],
-        )
+        """The rows as one packed batch on the device (see `packing.pack`). Reading the ids into
+        one array is the host's share; the tokenizer thread may hold the GIL meanwhile."""
+        lengths = np.empty(len(rows), dtype=np.int64)
+        lengths[:] = [len(r.ids) for r in rows]
+        ids = np.fromiter(itertools.chain.from_iterable(r.ids for r in rows), dtype=np.int64,
+                          count=int(lengths.sum()))
+        return packing.pack(ids, lengths, self.family.position_offset(), self.device, [r.meta for r in rows])
 
     def _pad(self, rows: list[TokenizedItem]) -> Batch:
         lengths = [len(r.ids) for r in rows]
