@@ -416,21 +416,31 @@ def eval_encoding():
     emb = Embedder(path, device="cuda:0", dtype="fp16", warm_up=False)
     engine = emb.loaded.engine
     emb.encode_documents(texts[:2000])
-    t = time.perf_counter()
-    rows = engine.tokenize(texts, 512, {})
-    tokenize_s = time.perf_counter() - t
+    import bge_core.engine.runner as R
+
+    default_slice = R.TOKENIZE_SLICE
+    for size in (256, 1024, 4096):
+        R.TOKENIZE_SLICE = size
+        t = time.perf_counter()
+        rows = engine.tokenize(texts, 512, {})
+        say(f"evalenc tokenize alone, slices of {size}, s", round(time.perf_counter() - t, 3))
+    R.TOKENIZE_SLICE = default_slice
     tokens = sum(len(r.ids) for r in rows)
     say("evalenc tokens", tokens)
-    say("evalenc tokenize alone s", round(tokenize_s, 3))
     default = sys.getswitchinterval()
-    for label, interval, kw in (("default", default, {}), ("default again", default, {}),
-                                ("switch 1 ms", 1e-3, {}), ("switch 0.2 ms", 2e-4, {}),
-                                ("tokenize first", default, {"truncate": False})):
+    for label, interval, size, kw in (("default", default, default_slice, {}),
+                                      ("switch 0.2 ms", 2e-4, default_slice, {}),
+                                      ("slices of 1024", default, 1024, {}),
+                                      ("slices of 4096", default, 4096, {}),
+                                      ("slices of 1024, switch 0.2 ms", 2e-4, 1024, {}),
+                                      ("tokenize first", default, default_slice, {"truncate": False})):
         sys.setswitchinterval(interval)
+        R.TOKENIZE_SLICE = size
         before = engine.forward_calls
         s = wall(lambda: emb.encode_documents(texts, **kw), repeats=1)
         say(f"evalenc {label}", dict(s=round(s, 3), mtok_s=round(tokens / s / 1e6, 3),
                                      batches=engine.forward_calls - before))
+    R.TOKENIZE_SLICE = default_slice
     sys.setswitchinterval(default)
 
 
@@ -464,7 +474,7 @@ def query_latency():
         say("query pack", latency(lambda: engine._pack(rows)))
         batch = engine._pack(rows)
         say("query graph call + sync", latency(lambda: (engine.graphs.backbone(batch), torch.cuda.synchronize())))
-        graph = engine.graphs.graphs[32]
+        graph = engine.graphs.graphs[32, 1]
         say("query bare replay GPU ms", round(gpu_ms(graph.graph.replay, 100), 4))
         options = {"dense": True, "sparse": False, "colbert": False, "normalize": True}
         say("query forward + heads + host", latency(lambda: engine._forward(rows, options).host_outputs()))

@@ -36,7 +36,7 @@ class ModelHandle(ABC):
             >>> Embedder("BAAI/bge-m3", device="cuda").warm_up()  # doctest: +SKIP
             6.2
         """
-        from bge_core.engine.graphs import BUCKETS, SLOTS
+        from bge_core.engine.graphs import BUCKETS, SINGLE_BUCKETS, SLOTS
         from bge_core.models.compiled import allow_compiling
 
         start = time.perf_counter()
@@ -59,8 +59,10 @@ class ModelHandle(ABC):
                 floor = 0
                 for bucket in BUCKETS:  # a batch whose tokens fall inside each bucket
                     target = (floor + bucket) // 2
-                    count = min(SLOTS, max(1, target // 8))
+                    count = min(SLOTS, max(2, target // 8))
                     self._warm_call([text(max(fixed + 1, target // count))] * count, limit)
+                    if bucket in SINGLE_BUCKETS:  # and one input of as many tokens
+                        self._warm_call([text(min(max(fixed + 1, target), limit))], limit)
                     floor = bucket
         self.loaded.warmed_up_s = time.perf_counter() - start
         return self.loaded.warmed_up_s

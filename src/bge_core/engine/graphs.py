@@ -26,14 +26,19 @@ log = logging.getLogger(__name__)
 BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 #: Most sequences one graph takes (a server's merged queries: 64 clients give ~20 a call).
 SLOTS = 64
+#: Buckets that also get a graph for a single sequence (an online query): the attention kernel's
+#: grid covers every slot, and 64 mostly idle slots cost a 16-token query ~110 µs of its ~0.9 ms on
+#: an H200 (bench/probe_gpu.py query). Longer single inputs use the many-sequence graph.
+SINGLE_BUCKETS = tuple(b for b in BUCKETS if b <= 512)
 
 
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: torch.Tensor  # [2 * bucket + SLOTS + 1] int64: ids, positions, offsets (made int32 in the graph)
+    inputs: torch.Tensor  # [2 * bucket + slots + 2] int64: ids, positions, offsets (made int32 in the graph)
     hidden: torch.Tensor
     bucket: int
+    slots: int
     first_position: int
 
     def staged(self, batch: PackedBatch, pad_token_id: int) -> np.ndarray:
@@ -41,7 +46,7 @@ class _Graph:
         sequences, then the filler sequence (pad ids, first position), then empty sequences."""
         n, bucket = len(batch.host_ids), self.bucket
         cu, _, positions = host_layout(np.asarray(batch.lengths), self.first_position)
-        host = np.empty(2 * bucket + SLOTS + 1, dtype=np.int64)
+        host = np.empty(2 * bucket + self.slots + 2, dtype=np.int64)
         host[:n] = batch.host_ids
         host[n:bucket] = pad_token_id
         host[bucket : bucket + n] = positions
@@ -58,7 +63,7 @@ class GraphCache:
     def __init__(self, family: Family, device: torch.device) -> None:
         self.family = family
         self.device = device
-        self.graphs: dict[int, _Graph] = {}
+        self.graphs: dict[tuple[int, int], _Graph] = {}  # by (bucket, slots)
         self.pool = None
         self.broken = False  # a model that cannot be captured runs eagerly from then on
         self.replays = 0  # batches served by a graph (tests and benchmarks read it)
@@ -71,9 +76,10 @@ class GraphCache:
         """Token states [T, d] of the batch's sequences, or None when no graph can serve it."""
         n = int(batch.input_ids.shape[1])
         bucket = next(b for b in BUCKETS if b > n)
-        graph = self.graphs.get(bucket)
+        slots = 1 if len(batch.lengths) == 1 and bucket in SINGLE_BUCKETS else SLOTS
+        graph = self.graphs.get((bucket, slots))
         if graph is None:
-            graph = self._capture(bucket)
+            graph = self._capture(bucket, slots)
             if graph is None:
                 return None
         # Pageable memory: pinning costs more than a copy this small saves.
@@ -82,13 +88,13 @@ class GraphCache:
         self.replays += 1
         return graph.hidden[:n]
 
-    def _capture(self, bucket: int) -> _Graph | None:
+    def _capture(self, bucket: int, slots: int) -> _Graph | None:
         offset = self.family.position_offset()
         device = self.device
         # The filler's positions only need to be valid ids: every one is the first position, so a
         # bucket may be longer than the model's position table. Captured with as many sequences as
         # a replay may have (the kernels' grids depend on it).
-        inputs = torch.full((2 * bucket + SLOTS + 1,), bucket, dtype=torch.long, device=device)
+        inputs = torch.full((2 * bucket + slots + 2,), bucket, dtype=torch.long, device=device)
         inputs[:bucket] = self.family.pad_token_id
         inputs[bucket : 2 * bucket] = offset
         inputs[2 * bucket] = 0
@@ -101,7 +107,7 @@ class GraphCache:
                 position_ids=inputs[bucket : 2 * bucket][None],
                 cu_seqlens=inputs[2 * bucket :].to(torch.int32),
                 max_length=bucket,
-                lengths=[bucket // 2, bucket - bucket // 2] + [0] * (SLOTS - 1),
+                lengths=[bucket // 2, bucket - bucket // 2] + [0] * (slots - 1),
                 seq_ids=torch.zeros(bucket, dtype=torch.long, device=device),
             )
             return self.family.backbone_packed(batch)
@@ -122,6 +128,6 @@ class GraphCache:
             log.warning("CUDA graph capture failed (%s); running eagerly", error)
             self.broken = True
             return None
-        captured = _Graph(graph, inputs, hidden, bucket, offset)
-        self.graphs[bucket] = captured
+        captured = _Graph(graph, inputs, hidden, bucket, slots, offset)
+        self.graphs[bucket, slots] = captured
         return captured
