@@ -36,8 +36,10 @@ CHUNK = 4096
 #: chunk may hold CHUNK_GROWTH times more, so tokenization stays ahead of the device.
 FIRST_CHUNK_CHARS = 1 << 17
 CHUNK_GROWTH = 1.5
-#: Inputs per tokenizer call.
-TOKENIZE_SLICE = 256
+#: Inputs per tokenizer call: larger calls keep the Rust tokenizer's threads busier (100,000 passages on
+#: a 16-core host: 2.90 s in calls of 256, 2.87 in 1,024, 2.28 in 4,096; a whole `bge eval` encode 4.28 →
+#: 3.71 → 3.64 s), smaller ones free their results in shorter GIL holds (`Engine.tokenize`).
+TOKENIZE_SLICE = 1024
 
 
 def _check_lengths(tokenized: list[TokenizedItem], max_length: int) -> None:
@@ -162,8 +164,9 @@ class Engine:
         self.tokens_forwarded = 0
 
     def tokenize(self, items: list[Any], max_length: int, options: dict[str, Any]) -> list[TokenizedItem]:
-        """Tokenize in slices: freeing one huge batch of tokenizer results holds the GIL long enough
-        to stall other threads (an event loop waiting on this work) for 100 ms and more."""
+        """Tokenize in slices of TOKENIZE_SLICE: freeing one huge batch of tokenizer results holds the
+        GIL long enough to stall other threads (an event loop waiting on this work) for 100 ms and
+        more; a slice's results free in a few milliseconds."""
         out: list[TokenizedItem] = []
         for start in range(0, len(items), TOKENIZE_SLICE):
             with self._tokenizer_lock:
