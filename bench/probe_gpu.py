@@ -504,24 +504,15 @@ def query_latency():
             say(f"query gemm 32x{k}->{n} us", row)
 
 
+SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end, "host": host_breakdown,
+            "epilogue": gelu_epilogue, "compile": compile_gain, "query": query_latency, "evalenc": eval_encoding}
+
+
 def main():
     parts = sys.argv[1].split(",") if len(sys.argv) > 1 else ["attn", "e2e"]
-    if "attn" in parts:
-        attention_kernels()
-    if "cudnn" in parts:
-        cudnn_buckets()
-    if "e2e" in parts:
-        end_to_end()
-    if "host" in parts:
-        host_breakdown()
-    if "epilogue" in parts:
-        gelu_epilogue()
-    if "compile" in parts:
-        compile_gain()
-    if "query" in parts:
-        query_latency()
-    if "evalenc" in parts:
-        eval_encoding()
+    for name, section in SECTIONS.items():  # in this order, whatever the order asked for
+        if name in parts:
+            section()
     with open(f"{OUT}/probe.json", "w") as fh:
         json.dump(LOG, fh, indent=1)
 
