@@ -256,7 +256,8 @@ def load_model(
         if loaded is None:
             check_files(path)
             try:
-                fam = family_class(spec.family).load(path, spec, torch_device, _weights_dtype(torch_dtype))
+                fam = family_class(spec.family).load(path, spec, torch_device, _weights_dtype(torch_dtype),
+                                                    packed=packed)
             except ModelLoadError:
                 raise
             except (OSError, ValueError, RuntimeError, KeyError) as error:

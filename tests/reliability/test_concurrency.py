@@ -264,13 +264,17 @@ async def test_200_concurrent_async_calls_never_block_the_event_loop(framework, 
     await measure(make)  # warm up: thread pool, lazy imports, first forwards
     gc.collect()
     gc.freeze()
+    worst, ticks, rounds = 0.0, 0, 0
     try:
-        results, worst, ticks, most = await measure(make)
+        # A fast machine may finish 200 calls in a few ticks: measure more rounds until the ticker has run.
+        while ticks <= 20 and rounds < 10:
+            results, lag, round_ticks, most = await measure(make)
+            worst, ticks, rounds = max(worst, lag), ticks + round_ticks, rounds + 1
+            assert len(results) == ASYNC_CALLS
+            for result in results:
+                check(result)
+            assert most >= ASYNC_CALLS // 2, f"only {most} calls were ever in flight together"
     finally:
         gc.unfreeze()
-    assert len(results) == ASYNC_CALLS
-    for result in results:
-        check(result)
-    assert most >= ASYNC_CALLS // 2, f"only {most} calls were ever in flight together"
-    assert ticks > 20, "the run was too short to measure the loop"
+    assert ticks > 20, "the runs were too short to measure the loop"
     assert worst < MAX_LAG, f"the event loop was blocked for {worst * 1000:.0f} ms"

@@ -9,11 +9,10 @@ per-token and needs no change; only position ids must restart at each sequence.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 IMPLEMENTATION = "bge_varlen"
 
@@ -54,8 +53,15 @@ def _no_mask(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-AttentionInterface.register(IMPLEMENTATION, varlen_attention)
-ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, _no_mask)
+@functools.cache
+def _register() -> None:
+    """Make the packed attention function known to transformers (once; importing transformers' attention
+    and masking modules is part of its model stack, which the fused encoder never needs)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(IMPLEMENTATION, varlen_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(IMPLEMENTATION, _no_mask)
 
 
 def can_pack(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
@@ -72,6 +78,7 @@ def can_pack(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -
 
 def use_packed_attention(model: torch.nn.Module) -> None:
     """Switch a loaded transformers model to the packed attention function."""
+    _register()
     model.config._attn_implementation = IMPLEMENTATION
     for sub in model.modules():
         config = getattr(sub, "config", None)

@@ -145,8 +145,9 @@ class Engine:
         # packing is used only when asked for (each sequence then runs SDPA alone; tests use it).
         self.packed = bool(packed) and family.supports_packing
         if self.packed:
-            use_packed_attention(family.model)
             family.fused_backbone = fused_encoder(family.backbone_module(), fp8=fp8)
+            if family.fused_backbone is None:  # the transformers backbone runs the packed batches itself
+                use_packed_attention(family.model)
         if fp8 and (not self.packed or family.fused_backbone is None):
             model_type = getattr(getattr(family.model, "config", None), "model_type", type(family.model).__name__)
             why = "packed=False was asked for" if not self.packed else f"this is a {model_type} model"

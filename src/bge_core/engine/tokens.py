@@ -9,6 +9,8 @@ transformers itself would set; any other tokenizer goes through its own ``__call
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 try:  # transformers 5: every fast tokenizer is a TokenizersBackend
@@ -20,6 +22,54 @@ except ImportError:  # transformers 4: no backend shortcut, the public call is u
 # change the text or the ids, so it keeps its own path.
 _CALL_PATH = ("__call__", "_call_one", "_encode_plus", "set_truncation_and_padding", "_convert_encoding")
 _DECODE_PATH = ("batch_decode", "decode", "_decode")
+#: The tokenizer class transformers registers for each encoder type `load_tokenizer` opens directly.
+_ENCODER_TOKENIZERS = {"bert": "BertTokenizer", "xlm-roberta": "XLMRobertaTokenizer", "roberta": "RobertaTokenizer"}
+#: Names of the generic fast tokenizer (tokenizer.json alone) in tokenizer_config.json.
+_GENERIC_FAST = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def load_tokenizer(path: str) -> Any:
+    """``AutoTokenizer.from_pretrained(path, trust_remote_code=False)``, without its import where the
+    answer is plain: a BERT / XLM-R / RoBERTa checkpoint whose tokenizer_config.json (no ``auto_map``)
+    names that model type's own class, or the generic fast tokenizer, gets that class, as `AutoTokenizer`
+    gives it. In transformers 5 the `AutoTokenizer` module imports the auto-model factory, and with it the
+    generation, masking and distributed stacks (scikit-learn, pandas, torch._dynamo): ~2.7 s of a GPU
+    host's `bge eval`, for a class name. Anything else goes through `AutoTokenizer`.
+
+    Example:
+        >>> load_tokenizer("./bge-small-en-v1.5")  # doctest: +SKIP
+        BertTokenizer(name_or_path='./bge-small-en-v1.5', ...)
+    """
+    cls = _plain_tokenizer_class(path)
+    if cls is not None:
+        return cls.from_pretrained(path, trust_remote_code=False)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+
+
+def _plain_tokenizer_class(path: str) -> type | None:
+    """The class `AutoTokenizer` picks for an encoder checkpoint that declares its own (see `load_tokenizer`)."""
+    if TokenizersBackend is None:
+        return None
+    try:
+        with open(os.path.join(path, "tokenizer_config.json"), encoding="utf-8") as fh:
+            declared = json.load(fh)
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
+            own = _ENCODER_TOKENIZERS.get(json.load(fh).get("model_type"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(declared, dict) or own is None or "auto_map" in declared:
+        return None
+    named = declared.get("tokenizer_class")
+    if named in _GENERIC_FAST:
+        return TokenizersBackend
+    if not isinstance(named, str) or named.removesuffix("Fast") != own:
+        return None
+    import transformers
+
+    cls = getattr(transformers, own, None)
+    return cls if isinstance(cls, type) and issubclass(cls, TokenizersBackend) else None
 
 
 def backend_of(tokenizer: Any, path: tuple[str, ...] = _CALL_PATH) -> Any | None:

@@ -200,8 +200,9 @@ class Family(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> Family:
-        """Load tokenizer and weights from a local directory onto `device` in `dtype`."""
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype, packed: bool = False) -> Family:
+        """Load tokenizer and weights from a local directory onto `device` in `dtype`. `packed`: the engine
+        will run packed batches (a family may then load weights for the fused encoder only)."""
 
     @property
     def pad_token_id(self) -> int:

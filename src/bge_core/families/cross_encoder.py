@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from bge_core.engine.inputs import cut
-from bge_core.engine.tokens import decode_ids, encode_ids
+from bge_core.engine.tokens import decode_ids, encode_ids, load_tokenizer
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, score_rows
 
 
@@ -22,8 +21,11 @@ class CrossEncoderFamily(Family):
     supports_packing = True
 
     @classmethod
-    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> CrossEncoderFamily:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype, packed: bool = False
+             ) -> CrossEncoderFamily:
+        from transformers import AutoModelForSequenceClassification
+
+        tokenizer = load_tokenizer(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=False)
         return cls(tokenizer, model.to(device).eval(), spec)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from bge_core.engine.tokens import load_tokenizer
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, split_rows
 from bge_core.families.text import tokenize_texts
 
@@ -41,9 +41,27 @@ def pool_packed(hidden: torch.Tensor, batch: PackedBatch, method: str) -> torch.
     raise ValueError(f"unknown pooling {method!r}; expected 'cls', 'mean' or 'last_token'")
 
 
-def load_backbone(path: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, torch.nn.Module]:
-    """Tokenizer and bare transformer of a checkpoint, in eval mode on `device`."""
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+def load_backbone(path: str, device: torch.device, dtype: torch.dtype, packed: bool = False
+                  ) -> tuple[Any, torch.nn.Module]:
+    """Tokenizer and bare transformer of a checkpoint, in eval mode on `device`.
+
+    Where the engine will run it packed with the fused encoder (`packed`, CUDA, half precision, a plain
+    BERT / XLM-R), the weights load into `PackedBertBackbone` without importing transformers' model
+    classes (models/bert.py says why); otherwise, and for any checkpoint layout it does not hold, into
+    transformers' `AutoModel`.
+
+    Example:
+        >>> tokenizer, model = load_backbone("./bge-small", torch.device("cpu"), torch.float32)  # doctest: +SKIP
+    """
+    tokenizer = load_tokenizer(path)
+    if packed and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        from bge_core.models.bert import load_packed_backbone
+
+        backbone = load_packed_backbone(path, device, dtype)
+        if backbone is not None:
+            return tokenizer, backbone
+    from transformers import AutoConfig, AutoModel
+
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     # Encoders ship a pooler that embeddings never use; not building it saves memory and a warning.
     extra = {"add_pooling_layer": False} if config.model_type in _ENCODERS_WITH_POOLER else {}
@@ -65,8 +83,9 @@ class DenseFamily(Family):
         self.padding_side = getattr(tokenizer, "padding_side", "right") or "right"
 
     @classmethod
-    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> DenseFamily:
-        tokenizer, model = load_backbone(path, device, dtype)
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype, packed: bool = False
+             ) -> DenseFamily:
+        tokenizer, model = load_backbone(path, device, dtype, packed)
         return cls(tokenizer, model, spec)
 
     @property

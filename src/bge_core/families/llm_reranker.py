@@ -121,7 +121,8 @@ class LLMRerankerFamily(Family):
         self.add_bos = bos is not None and bos != pad
 
     @classmethod
-    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> LLMRerankerFamily:
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype, packed: bool = False
+             ) -> LLMRerankerFamily:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
         return cls(tokenizer, model.to(device).eval(), spec)
@@ -164,7 +165,8 @@ class OwnModelRerankerFamily(Family):
     kind: ClassVar[str]
 
     @classmethod
-    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> OwnModelRerankerFamily:
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype, packed: bool = False
+             ) -> OwnModelRerankerFamily:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if tokenizer.bos_token_id is None:
             raise ModelLoadError(f"{path}: the {cls.kind} reranker's tokenizer needs a BOS token")

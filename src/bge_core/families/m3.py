@@ -75,8 +75,8 @@ class M3Family(DenseFamily):
                                        device=next(model.parameters()).device)
 
     @classmethod
-    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype) -> M3Family:
-        tokenizer, model = load_backbone(path, device, dtype)
+    def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype, packed: bool = False) -> M3Family:
+        tokenizer, model = load_backbone(path, device, dtype, packed)
         hidden = int(model.config.hidden_size)
         colbert = load_linear_head(os.path.join(path, "colbert_linear.pt"), hidden)
         sparse = load_linear_head(os.path.join(path, "sparse_linear.pt"), hidden, 1)

@@ -1,0 +1,200 @@
+"""BERT / XLM-R weights for the fused packed encoder, loaded without transformers' model classes.
+
+On the packed CUDA path the engine runs its own forward (`FusedEncoder`, models/encoder.py): of a
+transformers `BertModel` it reads only the config, the embeddings and the layers' weights. Building that
+model costs importing transformers' modelling stack (torch.distributed, torch._dynamo, sympy, scipy…):
+~1.8 s on the 2-core development machine, ~3 s on a GPU host, paid by every one-shot command (`bge eval`,
+`bge encode`) and every server start. `PackedBertBackbone` holds the same tensors under the same names,
+so the checkpoint's state dict loads into it unchanged and `FusedEncoder` reads it like the transformers
+model; its embeddings compute what transformers' do, in the same order. It has no padded forward: it is
+loaded only where the engine runs packed batches with the fused encoder.
+
+Example:
+    >>> backbone = load_packed_backbone(path, torch.device("cuda"), torch.bfloat16)  # doctest: +SKIP
+    >>> FusedEncoder(backbone)(packed_batch).shape                                           # doctest: +SKIP
+    torch.Size([T, 1024])
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from bge_core.models.checkpoint import load_state_dict, read_config
+
+#: transformers' base-model prefixes: a checkpoint saved from a model with a head stores the backbone under one.
+_PREFIXES = ("bert.", "roberta.")
+
+
+class _FilledFromCheckpoint:
+    """Layers built on the meta device and filled with the checkpoint's tensors: no random initialisation
+    (which on meta tensors runs PyTorch's Python reference kernels, and they import torch._dynamo)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class _Linear(_FilledFromCheckpoint, nn.Linear):
+    pass
+
+
+class _Embedding(_FilledFromCheckpoint, nn.Embedding):
+    pass
+
+
+class _LayerNorm(_FilledFromCheckpoint, nn.LayerNorm):
+    pass
+
+
+def _module(**children: nn.Module) -> nn.Module:
+    """A container whose children carry transformers' attribute names (so state-dict keys match)."""
+    module = nn.Module()
+    for name, child in children.items():
+        module.add_module(name, child)
+    return module
+
+
+class PackedEmbeddings(nn.Module):
+    """Word + token type 0 + absolute position embeddings, then LayerNorm (transformers' order of sums).
+
+    Example:
+        >>> emb = PackedEmbeddings(config)                                # doctest: +SKIP
+        >>> emb(input_ids=ids[None], position_ids=positions[None]).shape  # doctest: +SKIP
+        torch.Size([1, T, 384])
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.word_embeddings = _Embedding(config.vocab_size, hidden)
+        self.position_embeddings = _Embedding(config.max_position_embeddings, hidden)
+        self.token_type_embeddings = _Embedding(config.type_vocab_size, hidden)
+        self.LayerNorm = _LayerNorm(hidden, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings.weight[0]
+        x = x + self.position_embeddings(position_ids)
+        return self.LayerNorm(x)
+
+
+class PackedBertBackbone(nn.Module):
+    """The parameters of a BERT / XLM-R / RoBERTa encoder under transformers' names, for `FusedEncoder`.
+
+    Attributes:
+        config: the checkpoint's `EncoderConfig`.
+        embeddings: `PackedEmbeddings`.
+        encoder.layer[i]: ``attention.self.{query,key,value}``, ``attention.output.{dense,LayerNorm}``,
+            ``intermediate.dense``, ``output.{dense,LayerNorm}``.
+    """
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        hidden, inner, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
+        self.embeddings = PackedEmbeddings(config)
+        layers = [
+            _module(
+                attention=_module(
+                    self=_module(query=_Linear(hidden, hidden), key=_Linear(hidden, hidden),
+                                 value=_Linear(hidden, hidden)),
+                    output=_module(dense=_Linear(hidden, hidden), LayerNorm=_LayerNorm(hidden, eps=eps)),
+                ),
+                intermediate=_module(dense=_Linear(hidden, inner)),
+                output=_module(dense=_Linear(inner, hidden), LayerNorm=_LayerNorm(hidden, eps=eps)),
+            )
+            for _ in range(config.num_hidden_layers)
+        ]
+        self.encoder = _module(layer=nn.ModuleList(layers))
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("PackedBertBackbone holds weights for the fused packed encoder; it has no forward of its own")
+
+
+@dataclass
+class EncoderConfig:
+    """The config.json fields a BERT / XLM-R / RoBERTa encoder is built from, read without transformers'
+    config classes (in transformers 5.17 defining `BertConfig` imports the auto-model factory, and with it
+    the model stack this module avoids).
+
+    Example:
+        >>> EncoderConfig.read("./bge-small-en-v1.5").hidden_size  # doctest: +SKIP
+        384
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+    pad_token_id: int
+    position_embedding_type: str = "absolute"
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+
+    @classmethod
+    def read(cls, path: str) -> EncoderConfig | None:
+        """The checkpoint's config, or None when config.json leaves a field to a transformers default
+        (the caller then reads it with transformers, which knows each model type's defaults)."""
+        raw = read_config(path)
+        names = [f.name for f in fields(cls)]
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        if any(raw.get(name) is None for name in required):
+            return None
+        return cls(**{name: raw[name] for name in names if raw.get(name) is not None})
+
+
+def fits_packed_backbone(config: Any) -> bool:
+    """Whether `config` describes an encoder `PackedBertBackbone` + `FusedEncoder` compute exactly:
+    BERT / XLM-R / RoBERTa, absolute positions, exact GELU, no decoder or cross-attention.
+
+    Example:
+        >>> from dataclasses import replace
+        >>> config = EncoderConfig("bert", 100, 32, 2, 2, 64, "gelu", 512, 2, 1e-12, 0)
+        >>> fits_packed_backbone(config), fits_packed_backbone(replace(config, hidden_act="relu"))
+        (True, False)
+    """
+    return (
+        getattr(config, "model_type", None) in ("bert", "xlm-roberta", "roberta")
+        and getattr(config, "position_embedding_type", None) in (None, "absolute")
+        and getattr(config, "hidden_act", None) == "gelu"
+        and not getattr(config, "is_decoder", False)
+        and not getattr(config, "add_cross_attention", False)
+    )
+
+
+def load_packed_backbone(path: str, device: torch.device, dtype: torch.dtype) -> PackedBertBackbone | None:
+    """The checkpoint's encoder weights in a `PackedBertBackbone` on `device` in `dtype`, or None when the
+    checkpoint is not a plain encoder (`fits_packed_backbone`), its config.json leaves fields to
+    transformers' defaults, or it does not hold exactly the expected tensors (older names such as LayerNorm
+    ``gamma``, another layout): the caller then loads the transformers model, which knows every layout.
+
+    Weights outside the encoder (a pooler, an MLM or classification head) are left out, as transformers'
+    `AutoModel` leaves them out.
+
+    Example:
+        >>> load_packed_backbone("./bge-small-en-v1.5", torch.device("cuda"), torch.float16)  # doctest: +SKIP
+        PackedBertBackbone(...)
+    """
+    config = EncoderConfig.read(path)
+    if config is None or not fits_packed_backbone(config):
+        return None
+    with torch.device("meta"):
+        model = PackedBertBackbone(config)
+    expected = model.state_dict().keys()
+    state = load_state_dict(path, device)
+    prefix = next((p for p in ("", *_PREFIXES) if f"{p}embeddings.word_embeddings.weight" in state), None)
+    if prefix is None or any(prefix + key not in state for key in expected):
+        return None
+    weights = {key: state[prefix + key] for key in expected}
+    if any(weights[key].shape != value.shape for key, value in model.state_dict().items()):
+        return None
+    model.load_state_dict(weights, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
