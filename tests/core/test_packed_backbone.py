@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -119,3 +120,54 @@ def test_importing_the_library_does_not_import_transformers_models(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+@pytest.fixture(scope="module")
+def bert_cross_encoder_path(tmp_path_factory) -> str:
+    """A BERT-style cross-encoder (pooler, then a linear classifier), as the BGE rerankers' XLM-R ones are not."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tests.fixtures.checkpoints import HIDDEN, bert_tokenizer
+
+    path = str(tmp_path_factory.mktemp("bert-ce"))
+    tokenizer = bert_tokenizer()
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=1, pad_token_id=tokenizer.pad_token_id, initializer_range=0.5)
+    BertForSequenceClassification(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["xlmr", "bert"])
+def test_the_own_cross_encoder_scores_as_transformers(layout, cross_encoder_path, bert_cross_encoder_path,
+                                                      parity_texts, monkeypatch):
+    """Encoder, BERT's pooler and both classification heads: the packed heads of `PackedSequenceClassifier` give
+    transformers' scores (fp32, CPU), and the padded transformers forward agrees."""
+    from bge_core import Reranker
+    from bge_core.families.cross_encoder import CrossEncoderFamily
+    from bge_core.models.bert import PackedSequenceClassifier, load_packed_classifier
+
+    monkeypatch.setenv("BGE_CORE_COMPILE", "0")
+    path = cross_encoder_path if layout == "xlmr" else bert_cross_encoder_path
+    reference = Reranker(path, device="cpu", packed=True)
+    engine = reference.loaded.engine
+    own = load_packed_classifier(path, torch.device("cpu"), torch.float32)
+    assert isinstance(own, PackedSequenceClassifier)
+    assert sum(p.numel() for p in own.parameters()) == sum(p.numel() for p in engine.family.model.parameters())
+    family = CrossEncoderFamily(engine.family.tokenizer, own, engine.family.spec)
+    family.fused_backbone = FusedEncoder(family.backbone_module())  # what the engine sets on CUDA
+    pairs = [(parity_texts[0], t) for t in parity_texts] + [(parity_texts[1], "")]
+    with torch.inference_mode():
+        batch = engine._pack(engine.tokenize(pairs, 64, {}))
+        want = engine.family.heads_packed(engine.family.backbone_packed(batch), batch, {}).host_outputs()
+        got = family.heads_packed(family.backbone_packed(batch), batch, {}).host_outputs()
+    np.testing.assert_allclose(got.arrays["scores"], want.arrays["scores"], atol=1e-5, rtol=1e-5)
+    padded = Reranker(path, device="cpu", packed=False).score(pairs, max_length=64)  # input order, as the batch
+    np.testing.assert_allclose(got.arrays["scores"][:, 0], padded, atol=1e-4, rtol=1e-4)
+
+
+def test_a_checkpoint_without_a_classification_head_is_no_cross_encoder(dense_path):
+    from bge_core.models.bert import load_packed_classifier
+
+    assert load_packed_classifier(dense_path, torch.device("cpu"), torch.float32) is None

@@ -222,12 +222,12 @@ def test_llm_rerankers_half_precision(tmp_path, parity_texts, kind):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_texts, dtype):
-    """On CUDA, BERT / XLM-R backbones run the fused, compiled encoder (embedders on the weights of
-    `PackedBertBackbone`, loaded without transformers' model classes); its token states match the
+    """On CUDA, BERT / XLM-R backbones run the fused, compiled encoder (on the weights of `PackedBertBackbone` /
+    `PackedSequenceClassifier`, loaded without transformers' model classes); its token states match the
     transformers backbone on the same packed batch."""
     from bge_core.engine.attention import use_packed_attention
     from bge_core.families.dense import load_backbone
-    from bge_core.models.bert import PackedBertBackbone
+    from bge_core.models.bert import PackedBertBackbone, PackedSequenceClassifier
     from bge_core.models.encoder import POST_ATTENTION, FusedEncoder
 
     for name in ("m3", "dense", "ce"):
@@ -235,14 +235,18 @@ def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_tex
             Embedder(gpu_checkpoints[name], device="cuda", dtype=dtype, reuse_outputs=False)
         engine = model.loaded.engine
         assert isinstance(engine.family.fused_backbone, FusedEncoder) and engine.family.fused_backbone.gelu_in_gemm
+        weights_dtype = next(engine.family.model.parameters()).dtype
         if name == "ce":
-            reference_model = engine.family.backbone_module()
+            from transformers import AutoModelForSequenceClassification
+
+            assert isinstance(engine.family.model, PackedSequenceClassifier)
+            reference_model = AutoModelForSequenceClassification.from_pretrained(
+                gpu_checkpoints[name], dtype=weights_dtype).to(engine.device).eval().base_model
         else:
             assert isinstance(engine.family.model, PackedBertBackbone)
-            weights_dtype = next(engine.family.model.parameters()).dtype
             _, reference_model = load_backbone(gpu_checkpoints[name], engine.device, weights_dtype, packed=False)
             assert not isinstance(reference_model, PackedBertBackbone)
-            use_packed_attention(reference_model)
+        use_packed_attention(reference_model)
         texts = parity_texts if name != "ce" else [(parity_texts[0], t) for t in parity_texts]
         with torch.inference_mode():
             batch = engine._pack(engine.tokenize(texts * 8, 512, {}))
@@ -353,9 +357,10 @@ def test_fp8_gelu_quantize_kernel_equals_torch():
 
 
 def test_a_one_shot_gpu_job_never_imports_transformers_models(gpu_checkpoints, parity_texts):
-    """Loading an embedder on CUDA and encoding with it (what `bge eval` / `bge encode` do) reads the
-    weights into `PackedBertBackbone`: transformers' model stack, seconds of imports, stays unimported;
-    the vectors equal those of the transformers model run padded (fp16 rounding apart)."""
+    """Loading an embedder and a cross-encoder on CUDA and running them (what `bge eval` / `bge encode` do)
+    reads the weights into `PackedBertBackbone` / `PackedSequenceClassifier`: transformers' model stack, seconds
+    of imports, stays unimported; vectors and scores equal those of the transformers models run padded (fp16
+    rounding apart)."""
     import json
     import subprocess
     import sys
@@ -363,10 +368,13 @@ def test_a_one_shot_gpu_job_never_imports_transformers_models(gpu_checkpoints, p
 
     code = (
         "import sys, json, numpy as np\n"
-        "from bge_core import Embedder\n"
+        "from bge_core import Embedder, Reranker\n"
         f"out = Embedder({gpu_checkpoints['m3']!r}, device='cuda', dtype='fp16', warm_up=False).encode("
         f"{parity_texts!r}, sparse=True)\n"
         "np.save(sys.argv[1], out.dense)\n"
+        f"scores = Reranker({gpu_checkpoints['ce']!r}, device='cuda', dtype='fp16', warm_up=False).score("
+        f"{[(parity_texts[0], t) for t in parity_texts]!r})\n"
+        "np.save(sys.argv[1] + '.scores.npy', scores)\n"
         "print(json.dumps([m for m in ('transformers.modeling_utils', 'torch._dynamo') if m in sys.modules]))\n"
     )
     with tempfile.TemporaryDirectory() as folder:
@@ -375,5 +383,9 @@ def test_a_one_shot_gpu_job_never_imports_transformers_models(gpu_checkpoints, p
         assert run.returncode == 0, run.stderr[-2000:]
         assert json.loads(run.stdout.strip().splitlines()[-1]) == []
         dense = np.load(target)
+        scores = np.load(target + ".scores.npy")
     padded = Embedder(gpu_checkpoints["m3"], device="cuda", dtype="fp16", packed=False, reuse_outputs=False)
     assert row_cosines(dense, padded.encode(parity_texts).dense).min() >= 0.999
+    padded_scores = Reranker(gpu_checkpoints["ce"], device="cuda", dtype="fp16", packed=False).score(
+        [(parity_texts[0], t) for t in parity_texts])
+    assert np.abs(scores - padded_scores).max() <= 1e-2

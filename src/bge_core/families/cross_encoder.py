@@ -9,6 +9,7 @@ import torch
 from bge_core.engine.inputs import cut
 from bge_core.engine.tokens import decode_ids, encode_ids, load_tokenizer
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, score_rows
+from bge_core.models.bert import load_packed_classifier, runs_fused
 
 
 class CrossEncoderFamily(Family):
@@ -23,9 +24,13 @@ class CrossEncoderFamily(Family):
     @classmethod
     def load(cls, path: str, spec: Any, device: torch.device, dtype: torch.dtype, packed: bool = False
              ) -> CrossEncoderFamily:
+        tokenizer = load_tokenizer(path)
+        if runs_fused(packed, device, dtype):  # weights for the fused encoder, without transformers' model stack
+            own = load_packed_classifier(path, device, dtype)
+            if own is not None:
+                return cls(tokenizer, own, spec)
         from transformers import AutoModelForSequenceClassification
 
-        tokenizer = load_tokenizer(path)
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=False)
         return cls(tokenizer, model.to(device).eval(), spec)
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from bge_core.engine.tokens import load_tokenizer
 from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, split_rows
 from bge_core.families.text import tokenize_texts
+from bge_core.models.bert import load_packed_backbone, runs_fused
 
 _ENCODERS_WITH_POOLER = {"bert", "xlm-roberta", "roberta"}
 
@@ -54,9 +55,7 @@ def load_backbone(path: str, device: torch.device, dtype: torch.dtype, packed: b
         >>> tokenizer, model = load_backbone("./bge-small", torch.device("cpu"), torch.float32)  # doctest: +SKIP
     """
     tokenizer = load_tokenizer(path)
-    if packed and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
-        from bge_core.models.bert import load_packed_backbone
-
+    if runs_fused(packed, device, dtype):
         backbone = load_packed_backbone(path, device, dtype)
         if backbone is not None:
             return tokenizer, backbone

@@ -1,13 +1,15 @@
 """BERT / XLM-R weights for the fused packed encoder, loaded without transformers' model classes.
 
 On the packed CUDA path the engine runs its own forward (`FusedEncoder`, models/encoder.py): of a
-transformers `BertModel` it reads only the config, the embeddings and the layers' weights. Building that
-model costs importing transformers' modelling stack (torch.distributed, torch._dynamo, sympy, scipy…):
-~1.8 s on the 2-core development machine, 2.7 s on an H200 host (transformers 5.17), paid by every one-shot
-command (`bge eval`, `bge encode`) and every server start. `PackedBertBackbone` holds the same tensors under the same names,
-so the checkpoint's state dict loads into it unchanged and `FusedEncoder` reads it like the transformers
-model; its embeddings compute what transformers' do, in the same order. It has no padded forward: it is
-loaded only where the engine runs packed batches with the fused encoder.
+transformers `BertModel` it reads only the config, the embeddings and the layers' weights (of a
+cross-encoder's `...ForSequenceClassification`, also its pooler and classification head). Building those
+models costs importing transformers' modelling stack (torch.distributed, torch._dynamo, sympy, scipy…):
+~1.8 s on the 2-core development machine, 2.7 s on an H200 host (transformers 5.17), paid by every
+one-shot command (`bge eval`, `bge encode`) and every server start. `PackedBertBackbone` and
+`PackedSequenceClassifier` hold the same tensors under the same names, so the checkpoint's state dict loads
+into them unchanged and `FusedEncoder` reads them like the transformers models; the embeddings and heads
+compute what transformers' do, in the same order. They have no padded forward: they are loaded only where
+the engine runs packed batches with the fused encoder.
 
 Example:
     >>> backbone = load_packed_backbone(path, torch.device("cuda"), torch.bfloat16)  # doctest: +SKIP
@@ -80,6 +82,29 @@ class PackedEmbeddings(nn.Module):
         return self.LayerNorm(x)
 
 
+class PackedPooler(nn.Module):
+    """BERT's pooler: tanh(dense(first token)), on [n, T, d] states (as transformers' takes them)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.dense = _Linear(hidden, hidden)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class PackedClassificationHead(nn.Module):
+    """RoBERTa / XLM-R's classification head: out_proj(tanh(dense(first token))) (dropout is off in eval)."""
+
+    def __init__(self, hidden: int, labels: int) -> None:
+        super().__init__()
+        self.dense = _Linear(hidden, hidden)
+        self.out_proj = _Linear(hidden, labels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(torch.tanh(self.dense(features[:, 0])))
+
+
 class PackedBertBackbone(nn.Module):
     """The parameters of a BERT / XLM-R / RoBERTa encoder under transformers' names, for `FusedEncoder`.
 
@@ -90,7 +115,7 @@ class PackedBertBackbone(nn.Module):
             ``intermediate.dense``, ``output.{dense,LayerNorm}``.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, pooler: bool = False) -> None:
         super().__init__()
         self.config = config
         hidden, inner, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
@@ -108,9 +133,36 @@ class PackedBertBackbone(nn.Module):
             for _ in range(config.num_hidden_layers)
         ]
         self.encoder = _module(layer=nn.ModuleList(layers))
+        if pooler:
+            self.pooler = PackedPooler(hidden)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("PackedBertBackbone holds weights for the fused packed encoder; it has no forward of its own")
+
+
+class PackedSequenceClassifier(nn.Module):
+    """The weights of a `BertForSequenceClassification` / `XLMRobertaForSequenceClassification` (cross-encoder
+    rerankers) under the checkpoint's own names: the encoder (`base_model`, stored as ``bert.`` or ``roberta.``;
+    BERT's with its pooler) and the classification head (`classifier`), for `FusedEncoder` and the
+    cross-encoder family's packed heads.
+    """
+
+    def __init__(self, config: Any, labels: int) -> None:
+        super().__init__()
+        self.config = config
+        roberta_style = _roberta_style(config)
+        self.base_model_prefix = "roberta" if roberta_style else "bert"
+        self.add_module(self.base_model_prefix, PackedBertBackbone(config, pooler=not roberta_style))
+        hidden = config.hidden_size
+        self.classifier = PackedClassificationHead(hidden, labels) if roberta_style else _Linear(hidden, labels)
+
+    @property
+    def base_model(self) -> PackedBertBackbone:
+        return getattr(self, self.base_model_prefix)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("PackedSequenceClassifier holds weights for the fused packed encoder; it has no forward "
+                        "of its own")
 
 
 @dataclass
@@ -170,6 +222,37 @@ def fits_packed_backbone(config: Any) -> bool:
     )
 
 
+def runs_fused(packed: bool, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the engine will run a BERT / XLM-R model's packed batches with the fused encoder: packed, on
+    CUDA, in half precision (the only case the weights-only modules here serve).
+
+    Example:
+        >>> runs_fused(True, torch.device("cuda"), torch.bfloat16), runs_fused(True, torch.device("cpu"), torch.float32)
+        (True, False)
+    """
+    return packed and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+
+
+def _roberta_style(config: Any) -> bool:
+    return config.model_type in ("xlm-roberta", "roberta")
+
+
+def _filled(model: nn.Module, state: dict[str, torch.Tensor], prefix: str, device: torch.device,
+            dtype: torch.dtype) -> Any:
+    """`model` (built on the meta device) holding ``state[prefix + name]`` for each of its tensors, on `device`
+    in `dtype`; None when one is missing or shaped otherwise."""
+    expected = model.state_dict()
+    if any(prefix + key not in state or state[prefix + key].shape != value.shape for key, value in expected.items()):
+        return None
+    model.load_state_dict({key: state[prefix + key] for key in expected}, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def _plain_encoder(path: str) -> EncoderConfig | None:
+    config = EncoderConfig.read(path)
+    return config if config is not None and fits_packed_backbone(config) else None
+
+
 def load_packed_backbone(path: str, device: torch.device, dtype: torch.dtype) -> PackedBertBackbone | None:
     """The checkpoint's encoder weights in a `PackedBertBackbone` on `device` in `dtype`, or None when the
     checkpoint is not a plain encoder (`fits_packed_backbone`), its config.json leaves fields to
@@ -183,18 +266,34 @@ def load_packed_backbone(path: str, device: torch.device, dtype: torch.dtype) ->
         >>> load_packed_backbone("./bge-small-en-v1.5", torch.device("cuda"), torch.float16)  # doctest: +SKIP
         PackedBertBackbone(...)
     """
-    config = EncoderConfig.read(path)
-    if config is None or not fits_packed_backbone(config):
+    config = _plain_encoder(path)
+    if config is None:
+        return None
+    state = load_state_dict(path, device)
+    prefix = next((p for p in ("", *_PREFIXES) if f"{p}embeddings.word_embeddings.weight" in state), None)
+    if prefix is None:
         return None
     with torch.device("meta"):
         model = PackedBertBackbone(config)
-    expected = model.state_dict().keys()
+    return _filled(model, state, prefix, device, dtype)
+
+
+def load_packed_classifier(path: str, device: torch.device, dtype: torch.dtype) -> PackedSequenceClassifier | None:
+    """A cross-encoder checkpoint (`...ForSequenceClassification` of a plain BERT / XLM-R) in a
+    `PackedSequenceClassifier` on `device` in `dtype`, or None where `load_packed_backbone` would give None
+    (the caller then loads transformers' `AutoModelForSequenceClassification`).
+
+    Example:
+        >>> load_packed_classifier("./bge-reranker-v2-m3", torch.device("cuda"), torch.float16)  # doctest: +SKIP
+        PackedSequenceClassifier(...)
+    """
+    config = _plain_encoder(path)
+    if config is None:
+        return None
     state = load_state_dict(path, device)
-    prefix = next((p for p in ("", *_PREFIXES) if f"{p}embeddings.word_embeddings.weight" in state), None)
-    if prefix is None or any(prefix + key not in state for key in expected):
+    head = state.get("classifier.out_proj.weight" if _roberta_style(config) else "classifier.weight")
+    if head is None or head.ndim != 2:
         return None
-    weights = {key: state[prefix + key] for key in expected}
-    if any(weights[key].shape != value.shape for key, value in model.state_dict().items()):
-        return None
-    model.load_state_dict(weights, assign=True)
-    return model.to(device=device, dtype=dtype).eval()
+    with torch.device("meta"):
+        model = PackedSequenceClassifier(config, int(head.shape[0]))
+    return _filled(model, state, "", device, dtype)
