@@ -97,7 +97,8 @@ def test_no_source_file_turns_trust_remote_code_on():
 
 @pytest.fixture
 def from_pretrained_calls(monkeypatch):
-    """Every call of transformers' Auto* ``from_pretrained`` with its keyword arguments."""
+    """Every call of transformers' Auto* ``from_pretrained`` (and of the tokenizer classes') with its keyword
+    arguments."""
     import transformers
 
     calls: list[tuple[str, dict]] = []
@@ -116,6 +117,10 @@ def from_pretrained_calls(monkeypatch):
     for owner in autos:
         if isinstance(owner, type) and "from_pretrained" in owner.__dict__:
             record(owner)
+    # The tokenizer classes `load_tokenizer` opens directly (plain encoders skip AutoTokenizer).
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    record(PreTrainedTokenizerBase)
     clear_cache()  # load every model afresh, so that from_pretrained is really called
     yield calls
     clear_cache()
@@ -163,6 +168,7 @@ def test_trust_remote_code_is_never_passed_true(from_pretrained_calls, m3_path, 
     names = {name for name, _ in from_pretrained_calls}
     assert {"AutoTokenizer.from_pretrained", "AutoConfig.from_pretrained"} <= names
     assert any(n.startswith("AutoModel") for n in names), names
+    assert any(not n.startswith("Auto") and "Token" in n for n in names), names  # a direct tokenizer load
     assert all(kwargs.get("trust_remote_code") is not True for _, kwargs in from_pretrained_calls), [
         c for c in from_pretrained_calls if c[1].get("trust_remote_code")
     ]
