@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
@@ -248,9 +249,19 @@ def _filled(model: nn.Module, state: dict[str, torch.Tensor], prefix: str, devic
     return model.to(device=device, dtype=dtype).eval()
 
 
-def _plain_encoder(path: str) -> EncoderConfig | None:
+def _load_plain(path: str, device: torch.device, dtype: torch.dtype,
+                build: Callable[[EncoderConfig, dict[str, torch.Tensor]], tuple[nn.Module, str] | None]) -> Any:
+    """The module `build` makes (on the meta device) for a plain encoder checkpoint, filled with the tensors
+    stored under the prefix it names, on `device` in `dtype`; None where the checkpoint is no plain encoder,
+    its config leaves fields to transformers' defaults, `build` finds no layout it knows, or a tensor is
+    missing or shaped otherwise."""
     config = EncoderConfig.read(path)
-    return config if config is not None and fits_packed_backbone(config) else None
+    if config is None or not fits_packed_backbone(config):
+        return None
+    state = load_state_dict(path, device)
+    with torch.device("meta"):
+        built = build(config, state)
+    return None if built is None else _filled(built[0], state, built[1], device, dtype)
 
 
 def load_packed_backbone(path: str, device: torch.device, dtype: torch.dtype) -> PackedBertBackbone | None:
@@ -266,16 +277,11 @@ def load_packed_backbone(path: str, device: torch.device, dtype: torch.dtype) ->
         >>> load_packed_backbone("./bge-small-en-v1.5", torch.device("cuda"), torch.float16)  # doctest: +SKIP
         PackedBertBackbone(...)
     """
-    config = _plain_encoder(path)
-    if config is None:
-        return None
-    state = load_state_dict(path, device)
-    prefix = next((p for p in ("", *_PREFIXES) if f"{p}embeddings.word_embeddings.weight" in state), None)
-    if prefix is None:
-        return None
-    with torch.device("meta"):
-        model = PackedBertBackbone(config)
-    return _filled(model, state, prefix, device, dtype)
+    def build(config: EncoderConfig, state: dict[str, torch.Tensor]) -> tuple[nn.Module, str] | None:
+        prefix = next((p for p in ("", *_PREFIXES) if f"{p}embeddings.word_embeddings.weight" in state), None)
+        return None if prefix is None else (PackedBertBackbone(config), prefix)
+
+    return _load_plain(path, device, dtype, build)
 
 
 def load_packed_classifier(path: str, device: torch.device, dtype: torch.dtype) -> PackedSequenceClassifier | None:
@@ -287,13 +293,10 @@ def load_packed_classifier(path: str, device: torch.device, dtype: torch.dtype) 
         >>> load_packed_classifier("./bge-reranker-v2-m3", torch.device("cuda"), torch.float16)  # doctest: +SKIP
         PackedSequenceClassifier(...)
     """
-    config = _plain_encoder(path)
-    if config is None:
-        return None
-    state = load_state_dict(path, device)
-    head = state.get("classifier.out_proj.weight" if _roberta_style(config) else "classifier.weight")
-    if head is None or head.ndim != 2:
-        return None
-    with torch.device("meta"):
-        model = PackedSequenceClassifier(config, int(head.shape[0]))
-    return _filled(model, state, "", device, dtype)
+    def build(config: EncoderConfig, state: dict[str, torch.Tensor]) -> tuple[nn.Module, str] | None:
+        head = state.get("classifier.out_proj.weight" if _roberta_style(config) else "classifier.weight")
+        if head is None or head.ndim != 2:
+            return None
+        return PackedSequenceClassifier(config, int(head.shape[0])), ""  # the checkpoint's own names
+
+    return _load_plain(path, device, dtype, build)
