@@ -76,7 +76,8 @@ def test_checkpoints_it_cannot_hold_go_back_to_transformers(dense_path, tmp_path
         k: (v[:-1] if k.endswith("layer.1.intermediate.dense.bias") else v) for k, v in s.items()})
     assert load_packed_backbone(reshaped, cpu, fp32) is None
     for name, change in [("relu", {"hidden_act": "relu"}), ("relative", {"position_embedding_type": "relative_key"}),
-                         ("decoder", {"is_decoder": True}), ("default-eps", {"layer_norm_eps": None})]:
+                         ("decoder", {"is_decoder": True}), ("cross-attention", {"add_cross_attention": True}),
+                         ("default-eps", {"layer_norm_eps": None})]:
         changed = _copy_checkpoint(dense_path, str(tmp_path / name), lambda s: s)
         with open(os.path.join(changed, "config.json")) as fh:
             raw = json.load(fh)

@@ -52,6 +52,14 @@ class _LayerNorm(_FilledFromCheckpoint, nn.LayerNorm):
     pass
 
 
+class _WeightsOnly:
+    """A module that holds weights for the fused packed encoder and is never called itself."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} holds weights for the fused packed encoder; it has no forward "
+                        "of its own")
+
+
 def _module(**children: nn.Module) -> nn.Module:
     """A container whose children carry transformers' attribute names (so state-dict keys match)."""
     module = nn.Module()
@@ -106,7 +114,7 @@ class PackedClassificationHead(nn.Module):
         return self.out_proj(torch.tanh(self.dense(features[:, 0])))
 
 
-class PackedBertBackbone(nn.Module):
+class PackedBertBackbone(_WeightsOnly, nn.Module):
     """The parameters of a BERT / XLM-R / RoBERTa encoder under transformers' names, for `FusedEncoder`.
 
     Attributes:
@@ -137,11 +145,8 @@ class PackedBertBackbone(nn.Module):
         if pooler:
             self.pooler = PackedPooler(hidden)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("PackedBertBackbone holds weights for the fused packed encoder; it has no forward of its own")
 
-
-class PackedSequenceClassifier(nn.Module):
+class PackedSequenceClassifier(_WeightsOnly, nn.Module):
     """The weights of a `BertForSequenceClassification` / `XLMRobertaForSequenceClassification` (cross-encoder
     rerankers) under the checkpoint's own names: the encoder (`base_model`, stored as ``bert.`` or ``roberta.``;
     BERT's with its pooler) and the classification head (`classifier`), for `FusedEncoder` and the
@@ -160,10 +165,6 @@ class PackedSequenceClassifier(nn.Module):
     @property
     def base_model(self) -> PackedBertBackbone:
         return getattr(self, self.base_model_prefix)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("PackedSequenceClassifier holds weights for the fused packed encoder; it has no forward "
-                        "of its own")
 
 
 @dataclass
@@ -204,9 +205,13 @@ class EncoderConfig:
         return cls(**{name: raw[name] for name in names if raw.get(name) is not None})
 
 
+#: Model types whose encoder `FusedEncoder` runs.
+ENCODER_TYPES = ("bert", "xlm-roberta", "roberta")
+
+
 def fits_packed_backbone(config: Any) -> bool:
-    """Whether `config` describes an encoder `PackedBertBackbone` + `FusedEncoder` compute exactly:
-    BERT / XLM-R / RoBERTa, absolute positions, exact GELU, no decoder or cross-attention.
+    """Whether `config` describes an encoder `FusedEncoder` computes exactly: BERT / XLM-R / RoBERTa,
+    absolute positions, exact GELU, no decoder (the check `fused_encoder` makes of a loaded model too).
 
     Example:
         >>> from dataclasses import replace
@@ -215,11 +220,10 @@ def fits_packed_backbone(config: Any) -> bool:
         (True, False)
     """
     return (
-        getattr(config, "model_type", None) in ("bert", "xlm-roberta", "roberta")
+        getattr(config, "model_type", None) in ENCODER_TYPES
         and getattr(config, "position_embedding_type", None) in (None, "absolute")
         and getattr(config, "hidden_act", None) == "gelu"
         and not getattr(config, "is_decoder", False)
-        and not getattr(config, "add_cross_attention", False)
     )
 
 
@@ -252,11 +256,11 @@ def _filled(model: nn.Module, state: dict[str, torch.Tensor], prefix: str, devic
 def _load_plain(path: str, device: torch.device, dtype: torch.dtype,
                 build: Callable[[EncoderConfig, dict[str, torch.Tensor]], tuple[nn.Module, str] | None]) -> Any:
     """The module `build` makes (on the meta device) for a plain encoder checkpoint, filled with the tensors
-    stored under the prefix it names, on `device` in `dtype`; None where the checkpoint is no plain encoder,
-    its config leaves fields to transformers' defaults, `build` finds no layout it knows, or a tensor is
-    missing or shaped otherwise."""
+    stored under the prefix it names, on `device` in `dtype`; None where the checkpoint is no plain encoder
+    (or has cross-attention layers, which these modules do not hold), its config leaves fields to
+    transformers' defaults, `build` finds no layout it knows, or a tensor is missing or shaped otherwise."""
     config = EncoderConfig.read(path)
-    if config is None or not fits_packed_backbone(config):
+    if config is None or not fits_packed_backbone(config) or config.add_cross_attention:
         return None
     state = load_state_dict(path, device)
     with torch.device("meta"):
@@ -266,7 +270,7 @@ def _load_plain(path: str, device: torch.device, dtype: torch.dtype,
 
 def load_packed_backbone(path: str, device: torch.device, dtype: torch.dtype) -> PackedBertBackbone | None:
     """The checkpoint's encoder weights in a `PackedBertBackbone` on `device` in `dtype`, or None when the
-    checkpoint is not a plain encoder (`fits_packed_backbone`), its config.json leaves fields to
+    checkpoint is not a plain encoder (`fits_packed_backbone`, no cross-attention), its config.json leaves fields to
     transformers' defaults, or it does not hold exactly the expected tensors (older names such as LayerNorm
     ``gamma``, another layout): the caller then loads the transformers model, which knows every layout.
 

@@ -23,12 +23,11 @@ import torch.nn.functional as F
 
 from bge_core.engine.attention import packed_attention
 from bge_core.models import fp8 as fp8_math
+from bge_core.models.bert import fits_packed_backbone
 from bge_core.models.compiled import Compiled
 
 if TYPE_CHECKING:
     from bge_core.families.base import PackedBatch
-
-_SUPPORTED = {"bert", "xlm-roberta", "roberta"}
 
 
 def _post_attention(attn: torch.Tensor, x: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
@@ -119,10 +118,7 @@ def fused_encoder(model: torch.nn.Module, fp8: bool = False) -> FusedEncoder | N
     config = model.config
     weight = next(model.parameters())
     plain = (
-        getattr(config, "model_type", None) in _SUPPORTED
-        and getattr(config, "position_embedding_type", None) in (None, "absolute")
-        and config.hidden_act == "gelu"
-        and not getattr(config, "is_decoder", False)
+        fits_packed_backbone(config)
         and weight.is_cuda
         and weight.dtype in (torch.float16, torch.bfloat16)
         and hasattr(model, "embeddings")
