@@ -8,6 +8,8 @@
     python bench/probe_gpu.py compile    # the fused layer's tail compiled vs eager: one layer, passages
     python bench/probe_gpu.py query      # one 16-token query: stages, the graph's kernels, small-M GEMMs
     python bench/probe_gpu.py evalenc    # `bge eval`'s corpus encoding (bge-small, 100,000 passages): GIL hand-offs
+    python bench/probe_gpu.py hostprof   # cProfile of Embedder.encode on 1 and 64 short queries
+    python bench/probe_gpu.py calls      # an engine call of k merged short queries (a loaded server's), by stage
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
 """
@@ -474,7 +476,7 @@ def query_latency():
         say("query pack", latency(lambda: engine._pack(rows)))
         batch = engine._pack(rows)
         say("query graph call + sync", latency(lambda: (engine.graphs.backbone(batch), torch.cuda.synchronize())))
-        graph = engine.graphs.graphs[32, 1]
+        graph = engine.graphs.graphs[32, 1, 32]
         say("query bare replay GPU ms", round(gpu_ms(graph.graph.replay, 100), 4))
         options = {"dense": True, "sparse": False, "colbert": False, "normalize": True}
         say("query forward + heads + host", latency(lambda: engine._forward(rows, options).host_outputs()))
@@ -504,8 +506,92 @@ def query_latency():
             say(f"query gemm 32x{k}->{n} us", row)
 
 
+def merged_calls():
+    """Where an engine call of k merged short queries goes (bge-m3 shape, fp16 as `bench/serve.py`, warmed
+    up; the queries of `bench/serve.py`): end to end, tokenize, pack, graph call + sync, the bare replay
+    on the GPU, heads and host outputs."""
+    from bge_core import Embedder
+    from bge_core.engine.graphs import BUCKETS, SLOTS, graph_span
+
+    emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="fp16", reuse_outputs=False)
+    engine = emb.loaded.engine
+    queries = W.corpus(4096, 4, 40, 10, 0.4, 11)
+    options = {"dense": True, "sparse": False, "colbert": False, "normalize": True}
+
+    def p50_ms(fn, calls=100):
+        times = []
+        for _ in range(calls):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return round(sorted(times)[len(times) // 2] * 1e3, 3)
+
+    for k in (1, 4, 16, 64, 128):
+        texts = queries[:k]
+        for _ in range(10):
+            emb.encode(texts)
+        rows = engine.tokenize(texts, 512, {})
+        row = {"tokens": sum(len(r.ids) for r in rows), "e2e": p50_ms(lambda: emb.encode(texts)),
+               "tokenize": p50_ms(lambda: engine.tokenize(texts, 512, {}))}
+        with torch.inference_mode():
+            row["pack"] = p50_ms(lambda: engine._pack(rows))
+            batch = engine._pack(rows)
+            if engine.graphs.fits(batch):
+                row["graph call + sync"] = p50_ms(lambda: (engine.graphs.backbone(batch), torch.cuda.synchronize()))
+                n = int(batch.input_ids.shape[1])
+                bucket = next(b for b in BUCKETS if b > n)
+                slots = 1 if k == 1 else SLOTS
+                key = (bucket, slots, graph_span(bucket, slots, max(batch.lengths)))
+                row["bucket"] = key
+                row["bare replay GPU"] = round(gpu_ms(engine.graphs.graphs[key].graph.replay, 50), 3)
+            row["eager backbone GPU"] = round(gpu_ms(lambda: emb.loaded.family.backbone_packed(batch), 20), 3)
+            row["forward + heads + host"] = p50_ms(lambda: engine._forward(rows, options).host_outputs())
+        say(f"calls k={k} ms", row)
+    # One query's timeline (CPU ops with Python stacks, GPU kernels) for the trace viewer.
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(20):
+        emb.encode(queries[:1])
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=True) as prof:
+        for _ in range(5):
+            emb.encode(queries[:1])
+        torch.cuda.synchronize()
+    prof.export_chrome_trace("/tmp/trace-query.json")
+    with open("/tmp/trace-query.json", "rb") as src, gzip.open(f"{OUT}/trace-query.json.gz", "wb") as dst:
+        dst.write(src.read())
+
+
+def host_profile():
+    """cProfile of `Embedder.encode` on 1 and 64 short queries (bge-m3 shape, fp16, warmed up): where
+    the calling thread's time goes around the graph replay."""
+    import cProfile
+    import io
+    import pstats
+
+    from bge_core import Embedder
+
+    emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="fp16", reuse_outputs=False)
+    queries = W.corpus(4096, 4, 40, 10, 0.4, 11)
+    for k, calls in ((1, 1000), (64, 300)):
+        texts = queries[:k]
+        for _ in range(20):
+            emb.encode(texts)
+        profiler = cProfile.Profile()
+        start = time.perf_counter()
+        profiler.enable()
+        for _ in range(calls):
+            emb.encode(texts)
+        profiler.disable()
+        say(f"hostprof k={k} ms per call (profiled)", round((time.perf_counter() - start) / calls * 1e3, 3))
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(28)
+        print(text.getvalue(), flush=True)
+        LOG[f"hostprof k={k}"] = text.getvalue()
+
+
 SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end, "host": host_breakdown,
-            "epilogue": gelu_epilogue, "compile": compile_gain, "query": query_latency, "evalenc": eval_encoding}
+            "epilogue": gelu_epilogue, "compile": compile_gain, "query": query_latency, "evalenc": eval_encoding,
+            "calls": merged_calls, "hostprof": host_profile}
 
 
 def main():

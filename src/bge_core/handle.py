@@ -36,7 +36,7 @@ class ModelHandle(ABC):
             >>> Embedder("BAAI/bge-m3", device="cuda").warm_up()  # doctest: +SKIP
             6.2
         """
-        from bge_core.engine.graphs import BUCKETS, SINGLE_BUCKETS, SLOTS
+        from bge_core.engine.graphs import BUCKETS, SHORT_SPAN, SINGLE_BUCKETS, SLOTS
         from bge_core.models.compiled import allow_compiling
 
         start = time.perf_counter()
@@ -63,6 +63,11 @@ class ModelHandle(ABC):
                     self._warm_call([text(max(fixed + 1, target // count))] * count, limit)
                     if bucket in SINGLE_BUCKETS:  # and one input of as many tokens
                         self._warm_call([text(min(max(fixed + 1, target), limit))], limit)
+                    if SHORT_SPAN < bucket and SHORT_SPAN < limit:  # and inputs too long for a short-span graph
+                        count = max(2, -(-target // limit))
+                        size = target // count
+                        self._warm_call([text(size)] * count if size > SHORT_SPAN else [text(target - 32), text(32)],
+                                        limit)
                     floor = bucket
         self.loaded.warmed_up_s = time.perf_counter() - start
         return self.loaded.warmed_up_s

@@ -160,7 +160,7 @@ def test_cuda_graph_replay_matches_eager(gpu_checkpoints, parity_texts):
     model = Embedder(gpu_checkpoints["m3"], device="cuda", reuse_outputs=False)
     short = [t for t in parity_texts if len(t) < 200]
     graphed = [model.encode([t], sparse=True) for t in short]  # one input at a time: graph replays
-    assert any(slots == 1 for _, slots in model.loaded.engine.graphs.graphs), "no single-input graph was captured"
+    assert any(slots == 1 for _, slots, _ in model.loaded.engine.graphs.graphs), "no single-input graph was captured"
     with graphs_off(model):
         eager = model.encode(short, sparse=True)
     for i, one in enumerate(graphed):
@@ -260,18 +260,22 @@ def test_fused_encoder_compiled_matches_transformers(gpu_checkpoints, parity_tex
 def test_warm_up_captures_every_bucket_so_requests_capture_none(gpu_checkpoints, parity_texts):
     """A CUDA model is warmed at load: the graph of every small-batch bucket exists before the first
     request, and a query, 20 merged queries or 64 of them replay graphs without capturing any."""
-    from bge_core.engine.graphs import BUCKETS, SINGLE_BUCKETS, SLOTS
+    from bge_core.engine.graphs import BUCKETS, SHORT_SPAN, SINGLE_BUCKETS, SLOTS
 
     model = Embedder(gpu_checkpoints["m3"], device="cuda", reuse_outputs=False)
     engine = model.loaded.engine
     assert model.loaded.warmed_up_s is not None
-    assert set(engine.graphs.graphs) == {(b, SLOTS) for b in BUCKETS} | {(b, 1) for b in SINGLE_BUCKETS}
+    assert set(engine.graphs.graphs) == ({(b, SLOTS, b) for b in BUCKETS} | {(b, 1, b) for b in SINGLE_BUCKETS}
+                                         | {(b, SLOTS, SHORT_SPAN) for b in BUCKETS if b > SHORT_SPAN})
     captured = {key: graph.graph for key, graph in engine.graphs.graphs.items()}
     texts = [f"{t} {i}" for i, t in enumerate(parity_texts * 8)]
     for count in (1, 20, 64):
         calls = engine.forward_calls
         model.encode([t[:60] for t in texts[:count]], sparse=True)
         assert engine.forward_calls == calls + 1
+    calls = engine.forward_calls
+    model.encode([" ".join(texts)[:2000], *texts[:8]])  # one input longer than a short-span graph holds
+    assert engine.forward_calls == calls + 1
     assert {key: graph.graph for key, graph in engine.graphs.graphs.items()} == captured
 
 

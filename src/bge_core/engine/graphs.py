@@ -7,6 +7,11 @@ One graph per length bucket holds the backbone on a packed row of `bucket` token
 to `SLOTS` sequences: the real sequences, then the rest of the bucket as one ignored filler
 sequence, then empty sequences up to `SLOTS` (varlen attention keeps every sequence apart, so the
 filler changes nothing in the real ones, and an empty sequence costs a kernel block that exits).
+
+The attention kernel's grid also spans the longest sequence a graph was captured for, in tiles of
+128 queries, for every slot: a graph captured for 1,024-token sequences launches 8 × 64 blocks a head
+where 64 merged queries need 64. Batches whose sequences all fit one tile therefore replay a graph
+captured for `SHORT_SPAN`-token sequences (the filler may be longer: it only loses rows nobody reads).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ SLOTS = 64
 #: grid covers every slot, and 64 mostly idle slots cost a 16-token query ~110 µs of its ~0.9 ms on
 #: an H200 (bench/probe_gpu.py query). Longer single inputs use the many-sequence graph.
 SINGLE_BUCKETS = tuple(b for b in BUCKETS if b <= 512)
+#: Longest sequence of a short-span graph: one query tile of the varlen flash kernel. A call of 64
+#: merged queries (782 tokens, bucket 1,024) replayed in 2.39 ms on an H200 with the full span
+#: (bench/probe_gpu.py calls).
+SHORT_SPAN = 128
 
 
 @dataclass
@@ -63,7 +72,7 @@ class GraphCache:
     def __init__(self, family: Family, device: torch.device) -> None:
         self.family = family
         self.device = device
-        self.graphs: dict[tuple[int, int], _Graph] = {}  # by (bucket, slots)
+        self.graphs: dict[tuple[int, int, int], _Graph] = {}  # by (bucket, slots, span)
         self.pool = None
         self.broken = False  # a model that cannot be captured runs eagerly from then on
         self.replays = 0  # batches served by a graph (tests and benchmarks read it)
@@ -77,9 +86,10 @@ class GraphCache:
         n = int(batch.input_ids.shape[1])
         bucket = next(b for b in BUCKETS if b > n)
         slots = 1 if len(batch.lengths) == 1 and bucket in SINGLE_BUCKETS else SLOTS
-        graph = self.graphs.get((bucket, slots))
+        span = graph_span(bucket, slots, max(batch.lengths))
+        graph = self.graphs.get((bucket, slots, span))
         if graph is None:
-            graph = self._capture(bucket, slots)
+            graph = self._capture(bucket, slots, span)
             if graph is None:
                 return None
         # Pageable memory: pinning costs more than a copy this small saves.
@@ -88,7 +98,7 @@ class GraphCache:
         self.replays += 1
         return graph.hidden[:n]
 
-    def _capture(self, bucket: int, slots: int) -> _Graph | None:
+    def _capture(self, bucket: int, slots: int, span: int) -> _Graph | None:
         offset = self.family.position_offset()
         device = self.device
         # The filler's positions only need to be valid ids: every one is the first position, so a
@@ -106,7 +116,7 @@ class GraphCache:
                 input_ids=inputs[:bucket][None],
                 position_ids=inputs[bucket : 2 * bucket][None],
                 cu_seqlens=inputs[2 * bucket :].to(torch.int32),
-                max_length=bucket,
+                max_length=span,
                 lengths=[bucket // 2, bucket - bucket // 2] + [0] * (slots - 1),
                 seq_ids=torch.zeros(bucket, dtype=torch.long, device=device),
             )
@@ -129,5 +139,16 @@ class GraphCache:
             self.broken = True
             return None
         captured = _Graph(graph, inputs, hidden, bucket, slots, offset)
-        self.graphs[bucket, slots] = captured
+        self.graphs[bucket, slots, span] = captured
         return captured
+
+
+def graph_span(bucket: int, slots: int, longest: int) -> int:
+    """The longest sequence the graph that replays a batch was captured for: `SHORT_SPAN` where the
+    batch's sequences all fit one query tile in a many-sequence graph, else the whole bucket.
+
+    Example:
+        >>> graph_span(1024, 64, 40), graph_span(1024, 64, 300), graph_span(1024, 1, 40)
+        (128, 1024, 1024)
+    """
+    return SHORT_SPAN if slots > 1 and longest <= SHORT_SPAN < bucket else bucket
