@@ -452,6 +452,7 @@ def query_latency():
     against the time their weights take to read at the card's bandwidth."""
     import torch.nn.functional as F
 
+    import bge_core.engine.runner as R
     from bge_core import Embedder
 
     emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="bf16", reuse_outputs=False)
@@ -474,8 +475,9 @@ def query_latency():
     say("query tokenize", latency(lambda: engine.tokenize([query], 512, {})))
     with torch.inference_mode():
         say("query pack", latency(lambda: engine._pack(rows)))
-        batch = engine._pack(rows)
-        say("query graph call + sync", latency(lambda: (engine.graphs.backbone(batch), torch.cuda.synchronize())))
+        ids, lengths = R._host_ids(rows)
+        say("query graph call + sync", latency(lambda: (engine.graphs.replay(ids, lengths, []),
+                                                         torch.cuda.synchronize())))
         graph = engine.graphs.graphs[32, 1, 32]
         say("query bare replay GPU ms", round(gpu_ms(graph.graph.replay, 100), 4))
         options = {"dense": True, "sparse": False, "colbert": False, "normalize": True}
@@ -510,6 +512,7 @@ def merged_calls():
     """Where an engine call of k merged short queries goes (bge-m3 shape, fp16 as `bench/serve.py`, warmed
     up; the queries of `bench/serve.py`): end to end, tokenize, pack, graph call + sync, the bare replay
     on the GPU, heads and host outputs."""
+    import bge_core.engine.runner as R
     from bge_core import Embedder
     from bge_core.engine.graphs import BUCKETS, SLOTS, graph_span
 
@@ -536,8 +539,10 @@ def merged_calls():
         with torch.inference_mode():
             row["pack"] = p50_ms(lambda: engine._pack(rows))
             batch = engine._pack(rows)
-            if engine.graphs.fits(batch):
-                row["graph call + sync"] = p50_ms(lambda: (engine.graphs.backbone(batch), torch.cuda.synchronize()))
+            ids, lengths = R._host_ids(rows)
+            if engine.graphs.fits(lengths):
+                row["graph call + sync"] = p50_ms(lambda: (engine.graphs.replay(ids, lengths, []),
+                                                           torch.cuda.synchronize()))
                 n = int(batch.input_ids.shape[1])
                 bucket = next(b for b in BUCKETS if b > n)
                 slots = 1 if k == 1 else SLOTS

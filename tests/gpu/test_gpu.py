@@ -393,3 +393,69 @@ def test_a_one_shot_gpu_job_never_imports_transformers_models(gpu_checkpoints, p
     padded_scores = Reranker(gpu_checkpoints["ce"], device="cuda", dtype="fp16", packed=False).score(
         [(parity_texts[0], t) for t in parity_texts])
     assert np.abs(scores - padded_scores).max() <= 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_skinny_linear_matches_torch(dtype):
+    """The few-token linear kernel (bias, GELU, residual in its epilogue) against float32 math, for every
+    token count it takes and the encoder's four weight shapes."""
+    from bge_core.models import skinny
+    from bge_core.models.compiled import allow_compiling
+
+    allow_compiling()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for n, k in ((3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)):
+        w = torch.randn(n, k, device="cuda", dtype=dtype, generator=gen) * 0.03
+        b = torch.randn(n, device="cuda", dtype=dtype, generator=gen)
+        for tokens in (1, 7, 16, 33, 64):
+            x = torch.randn(tokens, k, device="cuda", dtype=dtype, generator=gen)
+            r = torch.randn(tokens, n, device="cuda", dtype=dtype, generator=gen)
+            assert skinny.fits(x, w)
+            for gelu, residual in ((False, None), (True, None), (False, r)):
+                want = torch.nn.functional.linear(x.float(), w.float(), b.float())
+                want = torch.nn.functional.gelu(want) if gelu else want
+                want = want if residual is None else want + residual.float()
+                got = skinny.skinny_linear(x, w, b, residual, gelu).float()
+                step = 2 ** -7 if dtype == torch.bfloat16 else 2 ** -10  # one rounding of the output
+                assert (got - want).abs().max() <= 2 * step * want.abs().max(), (n, k, tokens, gelu)
+    assert not skinny.fits(torch.zeros(65, 1024, device="cuda", dtype=dtype), torch.zeros(1024, 1024, device="cuda",
+                                                                                          dtype=dtype))
+
+
+def test_short_queries_through_skinny_kernels_match_cublas(tmp_path):
+    """A query of up to 64 tokens runs its linear layers as skinny kernels (graph and eager): the same
+    vectors as the cuBLAS path, on a BERT whose widths the kernel takes."""
+    from transformers import BertConfig, BertModel
+
+    import bge_core.models.encoder as encoder_module
+    from bge_core.models import skinny
+    from tests.fixtures.checkpoints import bert_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = bert_tokenizer()
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=1024, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    BertModel(config, add_pooling_layer=True).eval().save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = Embedder(str(tmp_path), device="cuda", dtype="bf16", reuse_outputs=False)
+    queries = ["a short query", "hello world and more words here", "x"]
+    graphed = np.concatenate([model.encode([q]).dense for q in queries])
+    calls = []
+    original = encoder_module.skinny_linear
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return original(*args, **kwargs)
+
+    encoder_module.skinny_linear = counted
+    try:
+        with graphs_off(model):
+            eager = model.encode(queries).dense
+            assert calls and max(calls) <= skinny.MAX_TOKENS
+            skinny.ENABLED = False
+            cublas = model.encode(queries).dense
+    finally:
+        skinny.ENABLED = True
+        encoder_module.skinny_linear = original
+    assert row_cosines(graphed, cublas).min() >= 0.9999
+    assert row_cosines(eager, cublas).min() >= 0.9999

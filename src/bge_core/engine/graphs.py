@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,25 +45,45 @@ SHORT_SPAN = 128
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: torch.Tensor  # [2 * bucket + slots + 2] int64: ids, positions, offsets (made int32 in the graph)
+    #: int64 on the device, one copy per replay: ids, positions [bucket each], offsets [slots + 2] (made
+    #: int32 inside the graph), then the sequence id of each token [bucket] (read by the heads, not the graph).
+    inputs: torch.Tensor
     hidden: torch.Tensor
     bucket: int
     slots: int
     first_position: int
 
-    def staged(self, batch: PackedBatch, pad_token_id: int) -> np.ndarray:
-        """The graph's inputs for `batch`, laid out on the host (sent in one copy): the real
+    def staged(self, ids: np.ndarray, lengths: np.ndarray, pad_token_id: int) -> np.ndarray:
+        """The graph's inputs for the packed sequences `ids` of `lengths`, laid out on the host: the real
         sequences, then the filler sequence (pad ids, first position), then empty sequences."""
-        n, bucket = len(batch.host_ids), self.bucket
-        cu, _, positions = host_layout(np.asarray(batch.lengths), self.first_position)
-        host = np.empty(2 * bucket + self.slots + 2, dtype=np.int64)
-        host[:n] = batch.host_ids
+        n, bucket, slots = len(ids), self.bucket, self.slots
+        cu, seq_ids, positions = host_layout(lengths, self.first_position)
+        host = np.empty(3 * bucket + slots + 2, dtype=np.int64)
+        host[:n] = ids
         host[n:bucket] = pad_token_id
         host[bucket : bucket + n] = positions
         host[bucket + n : 2 * bucket] = self.first_position
         host[2 * bucket : 2 * bucket + len(cu)] = cu
-        host[2 * bucket + len(cu) :] = bucket
+        host[2 * bucket + len(cu) : 2 * bucket + slots + 2] = bucket
+        host[2 * bucket + slots + 2 : 2 * bucket + slots + 2 + n] = seq_ids
+        host[2 * bucket + slots + 2 + n :] = len(lengths)
         return host
+
+    def batch(self, ids: np.ndarray, lengths: np.ndarray, metas: list[Any]) -> PackedBatch:
+        """The `PackedBatch` of these sequences as views of the graph's input buffer (valid until the
+        next replay is staged: the heads' kernels are queued before it, on the same stream)."""
+        n, k, bucket, slots = len(ids), len(lengths), self.bucket, self.slots
+        start_of_seq_ids = 2 * bucket + slots + 2
+        return PackedBatch(
+            input_ids=self.inputs[:n][None],
+            position_ids=self.inputs[bucket : bucket + n][None],
+            cu_seqlens=self.inputs[2 * bucket : 2 * bucket + k + 1],
+            max_length=int(lengths.max()),
+            lengths=lengths.tolist(),
+            seq_ids=self.inputs[start_of_seq_ids : start_of_seq_ids + n],
+            metas=metas,
+            host_ids=ids,
+        )
 
 
 class GraphCache:
@@ -72,31 +93,40 @@ class GraphCache:
     def __init__(self, family: Family, device: torch.device) -> None:
         self.family = family
         self.device = device
+        self.pad_token_id = family.pad_token_id
         self.graphs: dict[tuple[int, int, int], _Graph] = {}  # by (bucket, slots, span)
         self.pool = None
         self.broken = False  # a model that cannot be captured runs eagerly from then on
         self.replays = 0  # batches served by a graph (tests and benchmarks read it)
 
-    def fits(self, batch: PackedBatch) -> bool:
-        return (not self.broken and batch.host_ids is not None and len(batch.lengths) <= SLOTS
-                and sum(batch.lengths) < BUCKETS[-1])
+    def fits(self, lengths: np.ndarray) -> bool:
+        """Whether a graph can run sequences of these lengths."""
+        return not self.broken and len(lengths) <= SLOTS and int(lengths.sum()) < BUCKETS[-1]
 
-    def backbone(self, batch: PackedBatch) -> torch.Tensor | None:
-        """Token states [T, d] of the batch's sequences, or None when no graph can serve it."""
-        n = int(batch.input_ids.shape[1])
+    def replay(self, ids: np.ndarray, lengths: np.ndarray, metas: list[Any]) -> tuple[PackedBatch, torch.Tensor] | None:
+        """Run the backbone on packed sequences (`ids` back to back, of `lengths`) by replaying a graph:
+        (the batch, as views of the graph's inputs, for the heads; token states [T, d]), or None when no
+        graph can serve them. The host lays the inputs out and sends them in one copy.
+
+        Example:
+            >>> batch, hidden = engine.graphs.replay(np.array([0, 5, 2]), np.array([3]), [])  # doctest: +SKIP
+        """
+        if not self.fits(lengths):
+            return None
+        n = len(ids)
         bucket = next(b for b in BUCKETS if b > n)
-        slots = 1 if len(batch.lengths) == 1 and bucket in SINGLE_BUCKETS else SLOTS
-        span = graph_span(bucket, slots, max(batch.lengths))
+        slots = 1 if len(lengths) == 1 and bucket in SINGLE_BUCKETS else SLOTS
+        span = graph_span(bucket, slots, int(lengths.max()))
         graph = self.graphs.get((bucket, slots, span))
         if graph is None:
             graph = self._capture(bucket, slots, span)
             if graph is None:
                 return None
         # Pageable memory: pinning costs more than a copy this small saves.
-        graph.inputs.copy_(torch.from_numpy(graph.staged(batch, self.family.pad_token_id)), non_blocking=True)
+        graph.inputs.copy_(torch.from_numpy(graph.staged(ids, lengths, self.pad_token_id)), non_blocking=True)
         graph.graph.replay()
         self.replays += 1
-        return graph.hidden[:n]
+        return graph.batch(ids, lengths, metas), graph.hidden[:n]
 
     def _capture(self, bucket: int, slots: int, span: int) -> _Graph | None:
         offset = self.family.position_offset()
@@ -104,7 +134,7 @@ class GraphCache:
         # The filler's positions only need to be valid ids: every one is the first position, so a
         # bucket may be longer than the model's position table. Captured with as many sequences as
         # a replay may have (the kernels' grids depend on it).
-        inputs = torch.full((2 * bucket + slots + 2,), bucket, dtype=torch.long, device=device)
+        inputs = torch.full((3 * bucket + slots + 2,), bucket, dtype=torch.long, device=device)
         inputs[:bucket] = self.family.pad_token_id
         inputs[bucket : 2 * bucket] = offset
         inputs[2 * bucket] = 0
@@ -115,7 +145,7 @@ class GraphCache:
             batch = PackedBatch(
                 input_ids=inputs[:bucket][None],
                 position_ids=inputs[bucket : 2 * bucket][None],
-                cu_seqlens=inputs[2 * bucket :].to(torch.int32),
+                cu_seqlens=inputs[2 * bucket : 2 * bucket + slots + 2].to(torch.int32),
                 max_length=span,
                 lengths=[bucket // 2, bucket - bucket // 2] + [0] * (slots - 1),
                 seq_ids=torch.zeros(bucket, dtype=torch.long, device=device),
