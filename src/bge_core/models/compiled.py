@@ -33,16 +33,6 @@ def allow_compiling() -> None:
     _allowed = True
 
 
-def compiling_allowed() -> bool:
-    """Whether a warm-up has run in this process (kernels may be compiled now).
-
-    Example:
-        >>> allow_compiling(); compiling_allowed()
-        True
-    """
-    return _allowed
-
-
 class Compiled:
     """`torch.compile(fn, dynamic=True)`, made at the first call after `allow_compiling()` (`fn` runs
     eagerly before), that falls back to `fn` for good if compiling fails.

@@ -8,8 +8,7 @@ GEMM, and the rest of the layer (output projection, residual, LayerNorm, feed-fo
 LayerNorm) is one `torch.compile`d function with a dynamic token count, so residual adds fuse into
 the LayerNorms. The weights are the model's own (Q/K/V concatenated once); the math is the same up
 to bf16/fp16 rounding. Before a warm-up (models/compiled.py), or where compilation is not available
-(no Triton, no compiler), the same function runs eagerly. A batch of at most 64 tokens (an online
-query) runs its linear layers as skinny Triton kernels instead (models/skinny.py).
+(no Triton, no compiler), the same function runs eagerly.
 
 With ``fp8=True`` (``dtype="fp8"``) the four linear layers of every encoder layer run as E4M3 GEMMs
 (models/fp8.py); attention, LayerNorms, biases, GELU and the heads stay in bf16.
@@ -26,8 +25,6 @@ from bge_core.engine.attention import packed_attention
 from bge_core.models import fp8 as fp8_math
 from bge_core.models.bert import fits_packed_backbone
 from bge_core.models.compiled import Compiled
-from bge_core.models.skinny import fits as skinny_fits
-from bge_core.models.skinny import skinny_linear
 
 if TYPE_CHECKING:
     from bge_core.families.base import PackedBatch
@@ -57,18 +54,6 @@ def _post_attention(attn: torch.Tensor, x: torch.Tensor, w_out: torch.Tensor, b_
 
 # One compiled function serves every layer and every model: weights are arguments, not constants.
 POST_ATTENTION = Compiled(_post_attention)
-
-
-def _post_attention_skinny(attn: torch.Tensor, x: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor,
-                           g_attn: torch.Tensor, b_attn: torch.Tensor, w_up: torch.Tensor, b_up: torch.Tensor,
-                           w_down: torch.Tensor, b_down: torch.Tensor, g_ffn: torch.Tensor, b_ffn: torch.Tensor,
-                           eps: float) -> torch.Tensor:
-    """`_post_attention` for a few tokens: each linear layer one skinny kernel with its bias, GELU
-    (exact form) and residual in the epilogue (models/skinny.py says why)."""
-    d = x.shape[-1]
-    h = F.layer_norm(skinny_linear(attn, w_out, b_out, residual=x), (d,), g_attn, b_attn, eps)
-    up = skinny_linear(h, w_up, b_up, gelu=True)
-    return F.layer_norm(skinny_linear(up, w_down, b_down, residual=h), (d,), g_ffn, b_ffn, eps)
 
 
 
@@ -109,15 +94,10 @@ class FusedEncoder:
         cu, longest = batch.cu_seqlens, batch.max_length
         if self.fp8:
             return self._forward_fp8(x, cu, longest)
-        few = skinny_fits(x, self.layers[0][0]) if self.layers else False
         for qkv_weight, qkv_bias, *rest in self.layers:
-            qkv = skinny_linear(x, qkv_weight, qkv_bias) if few else F.linear(x, qkv_weight, qkv_bias)
-            q, k, v = qkv.view(tokens, 3, self.heads, width // self.heads).unbind(1)
+            q, k, v = F.linear(x, qkv_weight, qkv_bias).view(tokens, 3, self.heads, width // self.heads).unbind(1)
             attn = packed_attention(q, k, v, cu, longest, False, None)
-            if few:
-                x = _post_attention_skinny(attn.reshape(tokens, width), x, *rest, self.eps)
-            else:
-                x = self.post(attn.reshape(tokens, width), x, *rest, self.eps, self.gelu_in_gemm)
+            x = self.post(attn.reshape(tokens, width), x, *rest, self.eps, self.gelu_in_gemm)
         return x
 
     def _forward_fp8(self, x: torch.Tensor, cu: torch.Tensor, longest: int) -> torch.Tensor:
