@@ -61,6 +61,16 @@ def gpu_ms(fn, repeats=20):
     return start.elapsed_time(end) / repeats
 
 
+def timed_calls(fn, calls):
+    """Wall seconds of each of `calls` calls of `fn` (no synchronisation added), sorted."""
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times)
+
+
 def gaps(trace_path):
     with open(trace_path) as fh:
         events = json.load(fh)["traceEvents"]
@@ -462,12 +472,7 @@ def query_latency():
         emb.encode([query])
 
     def latency(fn, calls=300):
-        times = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        times.sort()
+        times = timed_calls(fn, calls)
         return dict(p50_ms=round(times[len(times) // 2] * 1e3, 3), p99_ms=round(times[int(len(times) * 0.99)] * 1e3, 3))
 
     say("query e2e", latency(lambda: emb.encode([query])))
@@ -522,12 +527,8 @@ def merged_calls():
     options = {"dense": True, "sparse": False, "colbert": False, "normalize": True}
 
     def p50_ms(fn, calls=100):
-        times = []
-        for _ in range(calls):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return round(sorted(times)[len(times) // 2] * 1e3, 3)
+        times = timed_calls(fn, calls)
+        return round(times[len(times) // 2] * 1e3, 3)
 
     for k in (1, 4, 16, 64, 128):
         texts = queries[:k]
