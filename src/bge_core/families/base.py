@@ -149,7 +149,7 @@ class PackedBatch:
 
     input_ids: torch.Tensor  # [1, T] int64
     position_ids: torch.Tensor  # [1, T] int64, restarting at every sequence
-    cu_seqlens: torch.Tensor  # [n + 1] int32: start of each sequence, then T
+    cu_seqlens: torch.Tensor  # [n + 1] int32 (int64 as a view of a CUDA graph's inputs): start of each sequence, then T
     max_length: int
     lengths: list[int]
     seq_ids: torch.Tensor  # [T] int64: which sequence each token belongs to
