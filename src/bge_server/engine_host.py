@@ -8,6 +8,11 @@ asyncio; the host runs nothing but the engine. Every HTTP process (``--workers N
 same host, which merges the requests of all of them into shared engine calls, so the models are
 loaded once and the device sees one stream of batches.
 
+Two engine calls run at once (`ENGINE_CALLS`, each on a thread of the host): while one call's batch runs
+on the device, the other tokenizes, packs or builds its rows, so the device does not wait for the host's
+Python between merged calls (at 64 single-query clients the host, not the device, was the limit). The
+main thread alone reads and writes the sockets and merges the queued runs; the engine is thread-safe.
+
 Wire format: each message is a 4-byte big-endian length and a pickle.
 Requests: ``("run", call_id, model, key, items)`` (merged with other runs of the same model and key)
 and ``("call", call_id, model, method, args)`` (answered at once; tokenize, decode, count_tokens,
@@ -18,21 +23,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import multiprocessing
 import os
 import pickle
+import queue
 import selectors
 import signal
 import socket
 import struct
 import threading
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bge_server.config import ServerConfig
 
 FRAME = struct.Struct("!I")
+#: Engine calls the host runs at once: one on the device while the next one's host work is done.
+ENGINE_CALLS = 2
 
 
 def _frame(message: Any) -> bytes:
@@ -58,17 +68,27 @@ class _Peer:
         return found
 
     def reply(self, call_id: int, ok: bool, value: Any) -> None:
-        try:
-            data = _frame((call_id, ok, value))
-        except Exception as error:  # noqa: BLE001 - an unpicklable exception still gets an answer
-            data = _frame((call_id, False, RuntimeError(f"{type(value).__name__}: {value}; ({error})")))
+        self.send(_reply_frame(call_id, ok, value))
+
+    def send(self, data: bytes) -> None:
+        """Send a framed reply (from the host's main thread, which owns the sockets)."""
         try:
             self.sock.setblocking(True)
             self.sock.sendall(data)
         except OSError:
             pass  # that server process has gone; its requests went with it
         finally:
-            self.sock.setblocking(False)
+            try:
+                self.sock.setblocking(False)
+            except OSError:
+                pass
+
+
+def _reply_frame(call_id: int, ok: bool, value: Any) -> bytes:
+    try:
+        return _frame((call_id, ok, value))
+    except Exception as error:  # noqa: BLE001 - an unpicklable exception still gets an answer
+        return _frame((call_id, False, RuntimeError(f"{type(value).__name__}: {value}; ({error})")))
 
 
 def describe(model: Any) -> dict[str, Any]:
@@ -96,43 +116,79 @@ def host_main(config: ServerConfig, path: str, ready: Any) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(256)
+    parent = multiprocessing.parent_process()
+    ready.send(("ready", [describe(m) for m in models.all()]))
+    serve_calls(listener, by_name, config.batch_items, stop=None if parent is None else parent.sentinel)
+
+
+def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None) -> None:
+    """The host's loop: accept server processes on `listener`, merge their runs, run up to
+    `ENGINE_CALLS` engine calls at once on threads, answer other calls at once; return when `stop`
+    (a file descriptor, e.g. the parent process's sentinel) becomes readable.
+
+    Example:
+        >>> serve_calls(listener, {"BAAI/bge-m3": served_model}, 512, stop=parent.sentinel)  # doctest: +SKIP
+    """
     listener.setblocking(False)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, None)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        selector.register(parent.sentinel, selectors.EVENT_READ, "parent")
-    ready.send(("ready", [describe(m) for m in models.all()]))
+    if stop is not None:
+        selector.register(stop, selectors.EVENT_READ, "stop")
+    wake_reader, wake_writer = socket.socketpair()  # an engine thread's "a call finished" to this loop
+    wake_reader.setblocking(False)
+    selector.register(wake_reader, selectors.EVENT_READ, "wake")
+    finished: queue.SimpleQueue[list[tuple[_Peer, bytes]]] = queue.SimpleQueue()
+    calls = ThreadPoolExecutor(ENGINE_CALLS, thread_name_prefix="bge-engine-call")
+    free = ENGINE_CALLS
     pending: collections.deque[tuple[_Peer, Any]] = collections.deque()
-    while True:
-        for key, _ in selector.select(timeout=0 if pending else None):
-            if key.data == "parent":
-                return
-            if key.data is None:
-                conn, _ = listener.accept()
-                conn.setblocking(False)
-                selector.register(conn, selectors.EVENT_READ, _Peer(conn))
-                continue
-            peer: _Peer = key.data
-            try:
-                chunk = peer.sock.recv(1 << 20)
-            except BlockingIOError:
-                continue
-            except OSError:
-                chunk = b""
-            if not chunk:
-                selector.unregister(peer.sock)
-                peer.sock.close()
-                pending = collections.deque(item for item in pending if item[0] is not peer)
-                continue
-            peer.buffer += chunk
-            for message in peer.messages():
-                if message[0] == "run":
-                    pending.append((peer, message))
-                else:
-                    _answer_call(peer, message, by_name)
-        if pending:
-            _run_merged(pending, by_name, config.batch_items)
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data == "stop":
+                    return
+                if key.data == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        wake_reader.recv(1 << 12)
+                    continue
+                if key.data is None:
+                    conn, _ = listener.accept()
+                    conn.setblocking(False)
+                    selector.register(conn, selectors.EVENT_READ, _Peer(conn))
+                    continue
+                peer: _Peer = key.data
+                try:
+                    chunk = peer.sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    selector.unregister(peer.sock)
+                    peer.sock.close()
+                    pending = collections.deque(item for item in pending if item[0] is not peer)
+                    continue
+                peer.buffer += chunk
+                for message in peer.messages():
+                    if message[0] == "run":
+                        pending.append((peer, message))
+                    else:
+                        _answer_call(peer, message, by_name)
+            while True:  # replies of finished calls, sent by this thread (it owns the sockets)
+                try:
+                    replies = finished.get_nowait()
+                except queue.Empty:
+                    break
+                free += 1
+                for peer, data in replies:
+                    peer.send(data)
+            while pending and free:
+                free -= 1
+                calls.submit(_run_group, _take_group(pending, max_items), by_name, finished, wake_writer)
+    finally:
+        calls.shutdown(wait=False, cancel_futures=True)
+        selector.close()
+        wake_reader.close()
+        wake_writer.close()
 
 
 def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any]) -> None:
@@ -155,8 +211,9 @@ def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any]) -> None:
         peer.reply(call_id, False, error)
 
 
-def _run_merged(pending: collections.deque, by_name: dict[str, Any], max_items: int) -> None:
-    """One engine call over the oldest run and every queued run of the same model and options."""
+def _take_group(pending: collections.deque, max_items: int) -> list[tuple[_Peer, Any]]:
+    """The oldest queued run and every queued run of the same model and options, up to `max_items`
+    inputs (taken out of `pending`)."""
     first_peer, first = pending.popleft()
     group = [(first_peer, first)]
     total = len(first[4])
@@ -169,21 +226,34 @@ def _run_merged(pending: collections.deque, by_name: dict[str, Any], max_items: 
         else:
             keep.append((peer, message))
     pending.extend(keep)
-    model = by_name.get(first[2])
-    items = [item for _, message in group for item in message[4]]
+    return group
+
+
+def _run_group(group: list[tuple[_Peer, Any]], by_name: dict[str, Any], finished: queue.SimpleQueue,
+               wake: socket.socket) -> None:
+    """One engine call over a group's merged inputs (on an engine thread); each run's reply frame goes
+    to `finished` for the main thread to send."""
+    replies: list[tuple[_Peer, bytes]] = []
     try:
-        if model is None:
-            raise KeyError(f"model {first[2]!r} is not loaded in the engine host")
-        results = model.run(first[3], items)
-    except Exception as error:  # noqa: BLE001 - each server process retries its jobs alone (MicroBatcher)
+        first = group[0][1]
+        model = by_name.get(first[2])
+        items = [item for _, message in group for item in message[4]]
+        try:
+            if model is None:
+                raise KeyError(f"model {first[2]!r} is not loaded in the engine host")
+            results = model.run(first[3], items)
+        except Exception as error:  # noqa: BLE001 - each server process retries its jobs alone (MicroBatcher)
+            replies = [(peer, _reply_frame(message[1], False, error)) for peer, message in group]
+            return
+        position = 0
         for peer, message in group:
-            peer.reply(message[1], False, error)
-        return
-    position = 0
-    for peer, message in group:
-        count = len(message[4])
-        peer.reply(message[1], True, results[position : position + count])
-        position += count
+            count = len(message[4])
+            replies.append((peer, _reply_frame(message[1], True, results[position : position + count])))
+            position += count
+    finally:
+        finished.put(replies)
+        with contextlib.suppress(OSError):
+            wake.send(b"x")
 
 
 class HostClient:

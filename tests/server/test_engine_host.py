@@ -1,0 +1,102 @@
+"""The engine host's loop on its own: merged runs, two engine calls at once, errors, a gone client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+import pytest
+
+from bge_server.engine_host import HostClient, serve_calls
+
+
+class _Model:
+    """A served model stand-in for the loop: `run` answers ``item + "!"`` for each input and records its
+    calls; keys name what else it does: ``("wait", n)`` meets another call at `barrier`, ``("hold", n)``
+    waits for `release`, ``("fail",)`` raises."""
+
+    kind = "embedding"
+
+    def __init__(self) -> None:
+        self.barrier = threading.Barrier(2, timeout=10)
+        self.release = threading.Event()
+        self.calls: list[tuple[Hashable, list[Any]]] = []
+
+    def run(self, key: Hashable, items: list[Any]) -> list[Any]:
+        self.calls.append((key, list(items)))
+        if key[0] == "wait":
+            self.barrier.wait()
+        if key[0] == "hold":
+            self.release.wait(10)
+        if key[0] == "fail":
+            raise ValueError("bad input at index 0")
+        return [f"{item}!" for item in items]
+
+
+@pytest.fixture
+def host(tmp_path) -> Iterator[tuple[str, _Model]]:
+    model = _Model()
+    path = os.path.join(tmp_path, "engine.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    stop_reader, stop_writer = socket.socketpair()
+    loop = threading.Thread(target=serve_calls, args=(listener, {"m": model}, 512, stop_reader), daemon=True)
+    loop.start()
+    yield path, model
+    model.release.set()
+    stop_writer.send(b"x")
+    loop.join(10)
+    assert not loop.is_alive()
+    listener.close()
+
+
+def _run(path: str, jobs: list[tuple[Hashable, list[Any]]], then: Any = None) -> list[Any]:
+    """Send every job at once through one `HostClient`; `then()` runs half a second later."""
+
+    async def main() -> list[Any]:
+        client = HostClient(path)
+        await client.start()
+        try:
+            answers = asyncio.gather(*(client.run("m", key, items) for key, items in jobs), return_exceptions=True)
+            if then is not None:
+                await asyncio.sleep(0.5)
+                then()
+            return await asyncio.wait_for(answers, 20)
+        finally:
+            await client.stop()
+
+    return asyncio.run(main())
+
+
+def test_two_engine_calls_run_at_once(host):
+    """Two runs that cannot merge (different options) meet at a barrier inside the model: both are
+    answered only if the host runs their engine calls at the same time (one at a time, the barrier
+    breaks after 10 s and both get an error)."""
+    path, model = host
+    assert _run(path, [(("wait", 1), ["a"]), (("wait", 2), ["b", "c"])]) == [["a!"], ["b!", "c!"]]
+    assert len(model.calls) == 2
+
+
+def test_runs_queued_behind_busy_calls_merge_and_each_gets_its_own_results(host):
+    """While both engine calls are held, 20 runs of one model and options queue up; released, they
+    become one engine call, and each run gets its own slice of its results."""
+    path, model = host
+    jobs = [(("hold", 1), ["h1"]), (("hold", 2), ["h2"])] + [(("k",), [f"t{i}", f"u{i}"]) for i in range(20)]
+    results = _run(path, jobs, then=model.release.set)
+    assert results[:2] == [["h1!"], ["h2!"]]
+    assert results[2:] == [[f"t{i}!", f"u{i}!"] for i in range(20)]
+    merged = [items for key, items in model.calls if key == ("k",)]
+    assert merged == [[x for i in range(20) for x in (f"t{i}", f"u{i}")]]
+
+
+def test_a_failing_call_answers_its_runs_with_the_error_and_the_host_keeps_serving(host):
+    path, _ = host
+    failed, ok = _run(path, [(("fail",), ["x"]), (("k",), ["y"])])
+    assert isinstance(failed, ValueError) and "index 0" in str(failed)
+    assert ok == ["y!"]
+    assert _run(path, [(("k",), ["z"])]) == [["z!"]]
