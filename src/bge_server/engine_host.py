@@ -41,8 +41,9 @@ from typing import Any
 from bge_server.config import ServerConfig
 
 FRAME = struct.Struct("!I")
-#: Engine calls the host runs at once: one on the device while the next one's host work is done.
-ENGINE_CALLS = 2
+#: Engine calls the host runs at once: one on the device while the next one's host work is done
+#: (BGE_SERVE_ENGINE_CALLS overrides it, for measuring).
+ENGINE_CALLS = max(1, int(os.environ.get("BGE_SERVE_ENGINE_CALLS", "2")))
 
 
 def _frame(message: Any) -> bytes:
