@@ -41,9 +41,18 @@ from typing import Any
 from bge_server.config import ServerConfig
 
 FRAME = struct.Struct("!I")
-#: Engine calls the host runs at once: one on the device while the next one's host work is done
-#: (BGE_SERVE_ENGINE_CALLS overrides it, for measuring).
-ENGINE_CALLS = max(1, int(os.environ.get("BGE_SERVE_ENGINE_CALLS", "2")))
+
+
+def _engine_calls() -> int:
+    """Engine calls the host runs at once: 2 (one on the device while the next one's host work is
+    done), or BGE_SERVE_ENGINE_CALLS (for measuring)."""
+    value = os.environ.get("BGE_SERVE_ENGINE_CALLS", "2")
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"BGE_SERVE_ENGINE_CALLS must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+ENGINE_CALLS = _engine_calls()
 
 
 def _frame(message: Any) -> bytes:
