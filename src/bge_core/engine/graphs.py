@@ -56,34 +56,37 @@ class _Graph:
     def staged(self, ids: np.ndarray, lengths: np.ndarray, pad_token_id: int) -> np.ndarray:
         """The graph's inputs for the packed sequences `ids` of `lengths`, laid out on the host: the real
         sequences, then the filler sequence (pad ids, first position), then empty sequences."""
-        n, bucket, slots = len(ids), self.bucket, self.slots
+        n, bucket, at = len(ids), self.bucket, _seq_ids_at(self.bucket, self.slots)
         cu, seq_ids, positions = host_layout(lengths, self.first_position)
-        host = np.empty(3 * bucket + slots + 2, dtype=np.int64)
+        host = np.empty(at + bucket, dtype=np.int64)
         host[:n] = ids
         host[n:bucket] = pad_token_id
         host[bucket : bucket + n] = positions
         host[bucket + n : 2 * bucket] = self.first_position
         host[2 * bucket : 2 * bucket + len(cu)] = cu
-        host[2 * bucket + len(cu) : 2 * bucket + slots + 2] = bucket
-        host[2 * bucket + slots + 2 : 2 * bucket + slots + 2 + n] = seq_ids
-        host[2 * bucket + slots + 2 + n :] = len(lengths)
+        host[2 * bucket + len(cu) : at] = bucket
+        host[at : at + n] = seq_ids
+        host[at + n :] = len(lengths)
         return host
 
     def batch(self, ids: np.ndarray, lengths: np.ndarray, metas: list[Any]) -> PackedBatch:
         """The `PackedBatch` of these sequences as views of the graph's input buffer (valid until the
         next replay is staged: the heads' kernels are queued before it, on the same stream)."""
-        n, k, bucket, slots = len(ids), len(lengths), self.bucket, self.slots
-        start_of_seq_ids = 2 * bucket + slots + 2
+        n, bucket, at = len(ids), self.bucket, _seq_ids_at(self.bucket, self.slots)
         return PackedBatch(
             input_ids=self.inputs[:n][None],
             position_ids=self.inputs[bucket : bucket + n][None],
-            cu_seqlens=self.inputs[2 * bucket : 2 * bucket + k + 1],
+            cu_seqlens=self.inputs[2 * bucket : 2 * bucket + len(lengths) + 1],
             max_length=int(lengths.max()),
             lengths=lengths.tolist(),
-            seq_ids=self.inputs[start_of_seq_ids : start_of_seq_ids + n],
+            seq_ids=self.inputs[at : at + n],
             metas=metas,
-            host_ids=ids,
         )
+
+
+def _seq_ids_at(bucket: int, slots: int) -> int:
+    """Where the sequence ids start in a graph's input buffer (after ids, positions and offsets)."""
+    return 2 * bucket + slots + 2
 
 
 class GraphCache:
@@ -134,8 +137,9 @@ class GraphCache:
         # The filler's positions only need to be valid ids: every one is the first position, so a
         # bucket may be longer than the model's position table. Captured with as many sequences as
         # a replay may have (the kernels' grids depend on it).
-        inputs = torch.full((3 * bucket + slots + 2,), bucket, dtype=torch.long, device=device)
-        inputs[:bucket] = self.family.pad_token_id
+        at = _seq_ids_at(bucket, slots)
+        inputs = torch.full((at + bucket,), bucket, dtype=torch.long, device=device)
+        inputs[:bucket] = self.pad_token_id
         inputs[bucket : 2 * bucket] = offset
         inputs[2 * bucket] = 0
         inputs[2 * bucket + 1] = bucket // 2
@@ -145,7 +149,7 @@ class GraphCache:
             batch = PackedBatch(
                 input_ids=inputs[:bucket][None],
                 position_ids=inputs[bucket : 2 * bucket][None],
-                cu_seqlens=inputs[2 * bucket : 2 * bucket + slots + 2].to(torch.int32),
+                cu_seqlens=inputs[2 * bucket : at].to(torch.int32),
                 max_length=span,
                 lengths=[bucket // 2, bucket - bucket // 2] + [0] * (slots - 1),
                 seq_ids=torch.zeros(bucket, dtype=torch.long, device=device),

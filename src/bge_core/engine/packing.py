@@ -73,7 +73,7 @@ def derive_on_device(ids: np.ndarray, lengths: np.ndarray, offset: int,
 def pack(ids: np.ndarray, lengths: np.ndarray, offset: int, device: torch.device,
          metas: list[Any] | None = None) -> PackedBatch:
     """A `PackedBatch` of sequences given as their concatenated `ids` and their `lengths`; positions
-    restart at `offset` in every sequence. The host ids stay on the batch (CUDA graphs read them).
+    restart at `offset` in every sequence.
 
     Example:
         >>> pack(np.arange(5), np.array([2, 3]), 0, torch.device("cpu")).position_ids.tolist()
@@ -89,5 +89,4 @@ def pack(ids: np.ndarray, lengths: np.ndarray, offset: int, device: torch.device
         lengths=lengths.tolist(),
         seq_ids=seq_ids,
         metas=metas or [],
-        host_ids=ids,
     )

@@ -154,7 +154,6 @@ class PackedBatch:
     lengths: list[int]
     seq_ids: torch.Tensor  # [T] int64: which sequence each token belongs to
     metas: list[Any] = field(default_factory=list)
-    host_ids: np.ndarray | None = None  # [T] int64: input_ids on the host, where the engine packed them
 
     @property
     def starts(self) -> torch.Tensor:
