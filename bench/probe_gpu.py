@@ -10,6 +10,9 @@
     python bench/probe_gpu.py evalenc    # `bge eval`'s corpus encoding (bge-small, 100,000 passages): GIL hand-offs
     python bench/probe_gpu.py hostprof   # cProfile of Embedder.encode on 1 and 64 short queries
     python bench/probe_gpu.py calls      # an engine call of k merged short queries (a loaded server's), by stage
+    python bench/probe_gpu.py shortattn  # attention of short packed sequences: flash, memory-efficient, ours
+    python bench/probe_gpu.py shortab    # throughput with the short-attention kernel on and off
+    python bench/probe_gpu.py gemm       # the encoder's GEMMs at packed token counts, aligned to 128 or not
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
 """
@@ -595,9 +598,139 @@ def host_profile():
         LOG[f"hostprof k={k}"] = text.getvalue()
 
 
+def graph_ms(fn, calls=24, replays=50):
+    """GPU milliseconds of one call of `fn`, timed as `calls` calls captured in one CUDA graph (so a
+    few-microsecond kernel is not timed by its launch)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return gpu_ms(graph.replay, replays) / calls
+
+
+def short_attention_kernels():
+    """Attention of short packed sequences (16 heads × 64, bf16) on the layouts the engine's graphs and
+    eager batches make: PyTorch's varlen flash kernel, its memory-efficient kernel, and our one-tile
+    Triton kernel at several tiles (rows x keys x warps); µs a layer (in a CUDA graph) and the largest
+    difference from flash."""
+    import numpy as np
+
+    import bge_core.engine.short_attention as S
+
+    torch.manual_seed(0)
+    heads, dim = 16, 64
+    rng = np.random.default_rng(0)
+    layouts = {
+        "query 16 tok (bucket 32, 1 slot)": ([16], 16, [], 32),
+        "4 queries (bucket 64, 64 slots)": ([12, 11, 14, 9], 64 - 46, [0] * 60, 64),
+        "16 queries (bucket 256, short span)": (list(rng.integers(6, 20, 16)), None, None, 128),
+        "64 queries (bucket 1024, short span)": (list(rng.integers(6, 20, 64)), None, None, 128),
+        "4,000 queries, eager (8-40 tok)": (list(rng.integers(8, 41, 4000)), 0, [], 40),
+        "600 passages, eager (100-128 tok)": (list(rng.integers(100, 129, 600)), 0, [], 128),
+        "800 passages, eager (40-128 tok)": (list(rng.integers(40, 129, 800)), 0, [], 128),
+    }
+    for name, (lengths, filler, empty, span) in layouts.items():
+        lengths = [int(n) for n in lengths]
+        if filler is None:  # a 64-slot graph: the bucket's rest as a filler, then empty slots
+            bucket = 256 if len(lengths) == 16 else 1024
+            filler, empty = bucket - sum(lengths), [0] * (64 - len(lengths))
+        sizes = [*lengths, filler, *empty]
+        cu = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int32, device="cuda")
+        tokens = int(cu[-1])
+        qkv = torch.randn(tokens, 3, heads, dim, device="cuda", dtype=torch.bfloat16)
+        q, k, v = qkv.unbind(1)
+        real = sum(lengths)
+        default = S.TILES
+
+        def flash():
+            return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, span, span, 0.0, False, False)[0]
+
+        def efficient():
+            return torch.ops.aten._efficient_attention_forward(q[None], k[None], v[None], None, cu, cu, span, span,
+                                                               0.0, 0, False)[0][0]
+
+        reference = flash()[:real].float()
+        row = {"tokens": tokens, "flash us": round(graph_ms(flash) * 1e3, 2)}
+        try:
+            row["efficient us"] = round(graph_ms(efficient) * 1e3, 2)
+            row["efficient max diff"] = float((efficient()[:real].float() - reference).abs().max())
+        except Exception as error:  # noqa: BLE001 - a probe reports what fails
+            row["efficient"] = f"{type(error).__name__}: {str(error)[:120]}"
+        for tiles in ((16, 16, 1), (32, 32, 1), (32, 32, 2), (32, 32, 4), (16, 64, 1), (64, 64, 4), (64, 32, 4)):
+            S.TILES = tiles
+            label = "x".join(map(str, tiles))
+            try:
+                row[f"ours {label} us"] = round(graph_ms(lambda: S.short_attention(q, k, v, cu, span)) * 1e3, 2)
+                row[f"ours {label} max diff"] = float(
+                    (S.short_attention(q, k, v, cu, span)[:real].float() - reference).abs().max())
+            except Exception as error:  # noqa: BLE001
+                row[f"ours {label}"] = f"{type(error).__name__}: {str(error)[:120]}"
+        S.TILES = default
+        say(f"shortattn {name}", row)
+
+
+def gemm_alignment():
+    """The encoder's four GEMMs (bge-m3 shape, bf16, bias; the up-projection with GELU in the epilogue)
+    at packed-batch token counts, aligned to 128 or not: TFLOP/s by token count."""
+    import torch.nn.functional as F
+
+    for tokens in (64969, 65024, 65536, 32768, 32801, 8192, 8231):
+        row = {}
+        for n, k in ((3072, 1024), (1024, 1024), (4096, 1024), (1024, 4096)):
+            x = torch.randn(tokens, k, device="cuda", dtype=torch.bfloat16)
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02
+            b = torch.zeros(n, device="cuda", dtype=torch.bfloat16)
+            if n == 4096:
+                ms = gpu_ms(lambda: torch._addmm_activation(b, x, w.t(), use_gelu=True), 30)
+            else:
+                ms = gpu_ms(lambda: F.linear(x, w, b), 30)
+            row[f"{k}->{n}"] = round(2 * tokens * n * k / ms / 1e9, 1)
+        say(f"gemm TFLOP/s at {tokens} tokens", row)
+
+
+def short_attention_ab():
+    """Throughput with the one-tile attention kernel on and off in one process (BGE_CORE_SHORT_ATTENTION,
+    read at every eager batch; median of 3 calls each, alternating): bge-m3 passages (dense, all three),
+    20,000 short queries (dense) and reranker-v2-m3 pairs, bf16."""
+    from bge_core import Embedder, Reranker
+    from bge_core.engine.short_attention import ENV
+
+    emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="bf16", reuse_outputs=False)
+    queries = W.corpus(20_000, 4, 40, 10, 0.4, 7)
+    passages = W.passages()
+    work = {"passages dense": (lambda: emb.encode(passages), W.words(passages) + 2 * len(passages)),
+            "passages all3": (lambda: emb.encode(passages, sparse=True, colbert=True),
+                              W.words(passages) + 2 * len(passages)),
+            "queries dense": (lambda: emb.encode(queries), W.words(queries) + 2 * len(queries))}
+    rer = Reranker(W.build_cross_encoder(f"{CK}/reranker"), device="cuda:0", dtype="bf16")
+    pairs = W.rerank_pairs()
+    work["rerank pairs"] = (lambda: rer.score(pairs), sum(len(q.split()) + len(p.split()) + 4 for q, p in pairs))
+    for name, (fn, tokens) in work.items():
+        times: dict = {"0": [], "1": []}
+        for _ in range(3):
+            for flag in ("0", "1"):
+                os.environ[ENV] = flag
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                fn()
+                torch.cuda.synchronize()
+                times[flag].append(time.perf_counter() - start)
+        os.environ.pop(ENV)
+        off, on = (sorted(times[f])[1] for f in ("0", "1"))
+        say(f"shortab {name}", {"flash s": round(off, 3), "ours s": round(on, 3), "flash tok/s": round(tokens / off),
+                                "ours tok/s": round(tokens / on), "speed-up": round(off / on, 3)})
+
+
 SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end, "host": host_breakdown,
             "epilogue": gelu_epilogue, "compile": compile_gain, "query": query_latency, "evalenc": eval_encoding,
-            "calls": merged_calls, "hostprof": host_profile}
+            "calls": merged_calls, "hostprof": host_profile,
+            "shortattn": short_attention_kernels, "gemm": gemm_alignment,
+            "shortab": short_attention_ab}
 
 
 def main():

@@ -393,3 +393,60 @@ def test_a_one_shot_gpu_job_never_imports_transformers_models(gpu_checkpoints, p
     padded_scores = Reranker(gpu_checkpoints["ce"], device="cuda", dtype="fp16", packed=False).score(
         [(parity_texts[0], t) for t in parity_texts])
     assert np.abs(scores - padded_scores).max() <= 1e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_short_attention_kernel_is_as_accurate_as_flash(dtype, head_dim):
+    """On the packed layouts the engine makes (sequences of 1–128 tokens, a graph's filler longer than
+    the longest sequence, empty sequences; q, k and v as views of one QKV projection) the one-tile
+    kernel is as close to float32 attention as the flash kernel is, within a few rounding steps of
+    flash, and the same from call to call."""
+    from bge_core.engine.short_attention import short_attention
+
+    torch.manual_seed(0)
+    heads = 8
+    step = float(torch.finfo(dtype).eps)
+    for lengths, filler, longest in [([16], 16, 16), ([5, 1, 12, 3], 43, 12), ([128, 7], 300, 128),
+                                     ([11] * 64, 242, 11), ([9, 0, 30], 0, 30), ([100, 65, 128, 77], 0, 128)]:
+        sizes = [*lengths, filler, 0, 0]
+        cu = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int32, device="cuda")
+        tokens = int(cu[-1])
+        qkv = torch.randn(tokens + 5, 3, heads, head_dim, device="cuda", dtype=dtype)  # 5 rows in no sequence
+        q, k, v = qkv.unbind(1)
+        ours, again = short_attention(q, k, v, cu, longest), short_attention(q, k, v, cu, longest)
+        flash = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, longest, longest, 0.0, False, False)[0]
+        assert ours.shape == flash.shape and ours.dtype == dtype
+        for start, n in zip(cu.tolist(), lengths):
+            if n == 0:
+                continue
+            exact = torch.nn.functional.scaled_dot_product_attention(
+                *(x[start:start + n].float().transpose(0, 1) for x in (q, k, v))).transpose(0, 1)
+            ours_error = (ours[start:start + n].float() - exact).abs().max().item()
+            flash_error = (flash[start:start + n].float() - exact).abs().max().item()
+            assert ours_error <= flash_error * 1.5 + step, (lengths, n, ours_error, flash_error)
+            assert (ours[start:start + n].float() - flash[start:start + n].float()).abs().max().item() <= 4 * step
+            assert torch.equal(ours[start:start + n], again[start:start + n])
+
+
+def test_short_attention_runs_in_warmed_graphs_and_matches_flash(gpu_checkpoints, parity_texts, monkeypatch):
+    """After a warm-up, queries replay graphs captured with the one-tile kernel; their vectors equal those
+    of graphs captured with the flash kernel (BGE_CORE_SHORT_ATTENTION=0) to half-precision rounding."""
+    from bge_core.engine import short_attention
+
+    texts = [t[:60] for t in parity_texts[:20]]
+    calls = []
+    real = short_attention.short_attention
+    monkeypatch.setattr("bge_core.engine.attention.short_attention",
+                        lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    ours = Embedder(gpu_checkpoints["m3"], device="cuda", dtype="fp16", reuse_outputs=False)
+    assert calls, "the warm-up captured no graph with the one-tile kernel"
+    mine = [ours.encode(texts[:1]).dense, ours.encode(texts).dense]
+    monkeypatch.setenv(short_attention.ENV, "0")
+    engine = ours.loaded.engine
+    engine.graphs.graphs.clear()
+    calls.clear()
+    flash = [ours.encode(texts[:1]).dense, ours.encode(texts).dense]
+    assert not calls
+    for a, b in zip(mine, flash):
+        assert row_cosines(a, b).min() >= 0.9999

@@ -33,6 +33,16 @@ def allow_compiling() -> None:
     _allowed = True
 
 
+def compiling_allowed() -> bool:
+    """Whether kernels may be compiled now: after `allow_compiling()`, unless BGE_CORE_COMPILE=0.
+
+    Example:
+        >>> isinstance(compiling_allowed(), bool)
+        True
+    """
+    return _allowed and os.environ.get(COMPILE_ENV, "1") != "0"
+
+
 class Compiled:
     """`torch.compile(fn, dynamic=True)`, made at the first call after `allow_compiling()` (`fn` runs
     eagerly before), that falls back to `fn` for good if compiling fails.
@@ -49,7 +59,7 @@ class Compiled:
         self.failed = False
 
     def __call__(self, *args: Any) -> Any:
-        if _allowed and not self.failed and os.environ.get(COMPILE_ENV, "1") != "0":
+        if not self.failed and compiling_allowed():
             try:
                 if self.compiled is None:
                     self.compiled = torch.compile(self.fn, dynamic=True)
