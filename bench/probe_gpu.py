@@ -12,6 +12,7 @@
     python bench/probe_gpu.py calls      # an engine call of k merged short queries (a loaded server's), by stage
     python bench/probe_gpu.py shortattn  # attention of short packed sequences: flash, memory-efficient, ours
     python bench/probe_gpu.py shortab    # throughput with the short-attention kernel on and off
+    python bench/probe_gpu.py timeline   # a query's wall time by stage, from timestamps (no profiler)
     python bench/probe_gpu.py gemm       # the encoder's GEMMs at packed token counts, aligned to 128 or not
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
@@ -726,11 +727,67 @@ def short_attention_ab():
                                 "ours tok/s": round(tokens / on), "speed-up": round(off / on, 3)})
 
 
+def query_timeline():
+    """Where a 16-token query's wall time goes (bge-m3 shape, bf16, warmed up), from timestamps taken
+    by thin wrappers (no profiler): before the graph launch (tokenizing included), the launch call,
+    waiting for the device, after it; µs, p50 of 500 calls."""
+    import numpy as np
+
+    from bge_core import Embedder
+    from bge_core.families import base
+
+    emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="bf16", reuse_outputs=False)
+    engine = emb.loaded.engine
+    query = " ".join(f"w{i}" for i in range(14))
+    marks: dict = {}
+    tokenize, replay, host_outputs = engine.tokenize, torch.cuda.CUDAGraph.replay, base.Pending.host_outputs
+
+    def timed_tokenize(*args, **kwargs):
+        marks["tokenize in"] = time.perf_counter()
+        out = tokenize(*args, **kwargs)
+        marks["tokenize out"] = time.perf_counter()
+        return out
+
+    def timed_replay(self):
+        marks["launch in"] = time.perf_counter()
+        replay(self)
+        marks["launch out"] = time.perf_counter()
+
+    def timed_host_outputs(self):
+        if self._event is not None:
+            marks["wait in"] = time.perf_counter()
+            self._event.synchronize()
+            marks["wait out"] = time.perf_counter()
+        return host_outputs(self)
+
+    engine.tokenize = timed_tokenize
+    torch.cuda.CUDAGraph.replay = timed_replay
+    base.Pending.host_outputs = timed_host_outputs
+    rows = []
+    try:
+        for i in range(600):
+            start = time.perf_counter()
+            emb.encode([query])
+            end = time.perf_counter()
+            if i >= 100:
+                rows.append([marks["tokenize in"] - start, marks["tokenize out"] - marks["tokenize in"],
+                             marks["launch in"] - marks["tokenize out"], marks["launch out"] - marks["launch in"],
+                             marks["wait in"] - marks["launch out"], marks["wait out"] - marks["wait in"],
+                             end - marks["wait out"], end - start])
+    finally:
+        engine.tokenize = tokenize
+        torch.cuda.CUDAGraph.replay = replay
+        base.Pending.host_outputs = host_outputs
+    names = ["encode to tokenize", "tokenize", "tokens to launch", "launch call", "launch to wait",
+             "waiting for the device", "after the wait", "end to end"]
+    say("timeline us p50", dict(zip(names, (round(float(x) * 1e6, 1) for x in np.median(np.array(rows), axis=0)))))
+
+
 SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end, "host": host_breakdown,
             "epilogue": gelu_epilogue, "compile": compile_gain, "query": query_latency, "evalenc": eval_encoding,
             "calls": merged_calls, "hostprof": host_profile,
             "shortattn": short_attention_kernels, "gemm": gemm_alignment,
-            "shortab": short_attention_ab}
+            "shortab": short_attention_ab, "timeline": query_timeline}
 
 
 def main():
