@@ -14,12 +14,12 @@ def test_not_taken_off_cuda_for_long_sequences_or_when_switched_off(monkeypatch)
     assert not short_attention_fits(q, q, 16, causal=False)  # CPU tensors
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr(short_attention, "triton", object())
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     assert not short_attention_fits(q, q, 16, causal=False)  # a small eager batch: launches cost more
     big = torch.zeros(short_attention.EAGER_TOKENS, 2, 64, dtype=torch.float16)
     assert short_attention_fits(big, big, 16, causal=False)
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    assert short_attention_fits(q, q, 16, causal=False)  # captured in a graph
+    with short_attention.for_graph():
+        assert short_attention_fits(q, q, 16, causal=False)  # a forward for a graph
+    assert not short_attention_fits(q, q, 16, causal=False)
     assert not short_attention_fits(q, q, 129, causal=False)
     assert not short_attention_fits(q, q, 16, causal=True)
     assert not short_attention_fits(q.float(), q.float(), 16, causal=False)
@@ -36,3 +36,26 @@ def test_packed_attention_keeps_sdpa_on_cpu_whatever_the_lengths():
     out = attention.packed_attention(q, k, v, cu, 4, False, None)
     first = torch.nn.functional.scaled_dot_product_attention(*(x[:3].transpose(0, 1) for x in (q, k, v)))
     torch.testing.assert_close(out[:3], first.transpose(0, 1))
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_to_flash_for_good(monkeypatch):
+    """If Triton fails to build or run the kernel, the call gets flash's result and later calls go
+    straight to flash."""
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("no compiler here")
+
+    flash_out = torch.ones(8, 2, 64)
+    monkeypatch.setattr(short_attention, "_failed", False)
+    monkeypatch.setattr(attention, "short_attention", broken)
+    monkeypatch.setattr(attention, "compiling_allowed", lambda: True)
+    monkeypatch.setattr(attention, "short_attention_fits", lambda *a: not short_attention._failed)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward", lambda *a, **k: (flash_out,), raising=False)
+    q = torch.zeros(8, 2, 64, dtype=torch.float16)
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    assert attention.packed_attention(q, q, q, cu, 8, False, None) is flash_out
+    assert attention.packed_attention(q, q, q, cu, 8, False, None) is flash_out
+    assert calls == [1] and short_attention._failed

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from bge_core.engine.short_attention import short_attention, short_attention_fits
+from bge_core.engine.short_attention import kernel_failed, short_attention, short_attention_fits
 from bge_core.models.compiled import compiling_allowed
 
 IMPLEMENTATION = "bge_varlen"
@@ -29,7 +29,12 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torc
     Off CUDA (tests of the packed path on CPU) each sequence runs through SDPA in turn.
     """
     if q.is_cuda and compiling_allowed() and short_attention_fits(q, k, max_len, causal):
-        return short_attention(q, k, v, cu, max_len, scale)
+        try:
+            return short_attention(q, k, v, cu, max_len, scale)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # noqa: BLE001 - Triton cannot build or run it here: flash does the same
+            kernel_failed(error)
     if q.is_cuda:
         out = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, max_len, max_len, 0.0, causal, False,
                                                       scale=scale)

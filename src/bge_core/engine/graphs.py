@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bge_core.engine.packing import host_layout
+from bge_core.engine.short_attention import for_graph
 from bge_core.families.base import Family, PackedBatch
 
 log = logging.getLogger(__name__)
@@ -172,14 +173,15 @@ class GraphCache:
         try:
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side), torch.inference_mode():
+            # The warm-up runs choose the graph's kernels too, so any kernel a capture needs is built first.
+            with torch.cuda.stream(side), torch.inference_mode(), for_graph():
                 for _ in range(2):  # warm-up outside the graph (lazy initialisation, autotuning)
                     backbone()
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             if self.pool is None:
                 self.pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode():
+            with torch.cuda.graph(graph, pool=self.pool), torch.inference_mode(), for_graph():
                 hidden = backbone()
         except (RuntimeError, torch.cuda.CudaError) as error:  # capture unsupported: stay eager
             log.warning("CUDA graph capture failed (%s); running eagerly", error)

@@ -17,9 +17,15 @@ process compiles it (or loads Triton's cache), which a one-shot job must not pay
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
+from collections.abc import Iterator
 
 import torch
+
+log = logging.getLogger(__name__)
 
 try:
     import triton
@@ -73,14 +79,36 @@ if triton is not None:
                      mask=row_ok[:, None])
 
 
+#: Set while the graph cache runs a backbone for a graph (its warm-up runs and the capture alike, so the
+#: kernel is built before a capture, never during one).
+_FOR_GRAPH: contextvars.ContextVar[bool] = contextvars.ContextVar("bge_short_attention_for_graph", default=False)
+_failed = False
+
+
+@contextlib.contextmanager
+def for_graph() -> Iterator[None]:
+    """Within: forwards are for a CUDA graph, where a kernel's launch cost is paid once, at capture.
+
+    Example:
+        >>> with for_graph():
+        ...     pass
+    """
+    token = _FOR_GRAPH.set(True)
+    try:
+        yield
+    finally:
+        _FOR_GRAPH.reset(token)
+
+
 def short_attention_fits(q: torch.Tensor, k: torch.Tensor, longest: int, causal: bool) -> bool:
     """Whether `short_attention` takes this call: CUDA, half precision, sequences of ≤ `LONGEST` tokens,
     no causal mask, as many key heads as query heads, a head size of 16–128 (a power of two); and a
-    CUDA graph being captured or at least `EAGER_TOKENS` tokens (a Triton launch from Python costs more
-    host time than a small eager batch's attention saves)."""
+    forward for a CUDA graph (`for_graph`) or at least `EAGER_TOKENS` tokens (a Triton launch from
+    Python costs more host time than a small eager batch's attention saves)."""
     head_dim = q.shape[-1]
     return (
         triton is not None
+        and not _failed
         and q.is_cuda
         and not causal
         and 0 < longest <= LONGEST
@@ -89,8 +117,20 @@ def short_attention_fits(q: torch.Tensor, k: torch.Tensor, longest: int, causal:
         and 16 <= head_dim <= 128
         and head_dim & (head_dim - 1) == 0
         and os.environ.get(ENV, "1") != "0"
-        and (q.shape[0] >= EAGER_TOKENS or torch.cuda.is_current_stream_capturing())
+        and (q.shape[0] >= EAGER_TOKENS or _FOR_GRAPH.get())
     )
+
+
+def kernel_failed(error: Exception) -> None:
+    """Record that the kernel cannot run here (Triton cannot build it): flash from now on.
+
+    Example:
+        >>> kernel_failed(RuntimeError("no compiler"))  # doctest: +SKIP
+    """
+    global _failed
+    _failed = True
+    log.warning("the short-attention Triton kernel is unavailable (%s: %s); using flash attention",
+                type(error).__name__, error)
 
 
 def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, longest: int,
