@@ -43,16 +43,3 @@ def test_graph_span_is_short_only_where_every_sequence_fits_one_tile():
     assert graph_span(SHORT_SPAN, SLOTS, 10) == SHORT_SPAN  # a bucket no longer than a tile has one span
     assert graph_span(256, 1, 10) == 256  # a single input's graph spans its bucket
 
-
-def test_staging_into_a_reused_buffer_overwrites_every_slot():
-    """A replay lays its inputs out in the graph's (reused) host buffer: every entry is rewritten, so
-    nothing of a longer earlier batch survives into a shorter one."""
-    bucket, slots = 64, SLOTS
-    graph = _Graph(graph=None, inputs=torch.zeros(3 * bucket + slots + 2, dtype=torch.long), hidden=None,
-                   bucket=bucket, slots=slots, first_position=2)
-    buffer = np.full(3 * bucket + slots + 2, -7, dtype=np.int64)
-    long_ids, short_ids = np.arange(40) + 5, np.arange(3) + 9
-    graph.staged(long_ids, np.array([25, 15]), 1, out=buffer)
-    written = graph.staged(short_ids, np.array([3]), 1, out=buffer)
-    assert written is buffer
-    assert np.array_equal(buffer, graph.staged(short_ids, np.array([3]), 1))

@@ -53,19 +53,13 @@ class _Graph:
     bucket: int
     slots: int
     first_position: int
-    #: Pinned host copy of `inputs` (a replay's inputs are written here, then copied in one DMA) and the
-    #: event of its last copy: the host waits for it before writing again (a copy may still be queued).
-    staging: torch.Tensor | None = None
-    copied: torch.cuda.Event | None = None
 
-    def staged(self, ids: np.ndarray, lengths: np.ndarray, pad_token_id: int, out: np.ndarray | None = None
-               ) -> np.ndarray:
-        """The graph's inputs for the packed sequences `ids` of `lengths`, laid out on the host (in `out`
-        if given): the real sequences, then the filler sequence (pad ids, first position), then empty
-        sequences."""
+    def staged(self, ids: np.ndarray, lengths: np.ndarray, pad_token_id: int) -> np.ndarray:
+        """The graph's inputs for the packed sequences `ids` of `lengths`, laid out on the host: the real
+        sequences, then the filler sequence (pad ids, first position), then empty sequences."""
         n, bucket, at = len(ids), self.bucket, _seq_ids_at(self.bucket, self.slots)
         cu, seq_ids, positions = host_layout(lengths, self.first_position)
-        host = np.empty(at + bucket, dtype=np.int64) if out is None else out
+        host = np.empty(at + bucket, dtype=np.int64)
         host[:n] = ids
         host[n:bucket] = pad_token_id
         host[bucket : bucket + n] = positions
@@ -132,15 +126,9 @@ class GraphCache:
             graph = self._capture(bucket, slots, span)
             if graph is None:
                 return None
-        # A pageable copy goes through the driver's bounce buffer before the call returns; a pinned one is
-        # queued at once, so the pinned buffer is written again only once its last copy is done.
-        if graph.copied is None:
-            graph.staging, graph.copied = torch.empty_like(graph.inputs, device="cpu").pin_memory(), torch.cuda.Event()
-        else:
-            graph.copied.synchronize()
-        graph.staged(ids, lengths, self.pad_token_id, out=graph.staging.numpy())
-        graph.inputs.copy_(graph.staging, non_blocking=True)
-        graph.copied.record()
+        # Pageable memory: a reused pinned buffer needs an event recorded and waited for at each replay, and
+        # did not make a query faster in its real call path on an H200 host (BENCHMARKS.md, sixth session).
+        graph.inputs.copy_(torch.from_numpy(graph.staged(ids, lengths, self.pad_token_id)), non_blocking=True)
         graph.graph.replay()
         self.replays += 1
         return graph.batch(ids, lengths, metas), graph.hidden[:n]
