@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bge_core.engine.attention import packed_attention
 from bge_core.models import fp8 as fp8_math
-from bge_core.models.bert import fits_packed_backbone
+from bge_core.models.bert import fits_packed_backbone, runs_fused
 from bge_core.models.compiled import Compiled
 
 if TYPE_CHECKING:
@@ -75,8 +75,7 @@ class FusedEncoder:
         self.post = POST_ATTENTION
         weight = model.encoder.layer[0].intermediate.dense.weight
         # Half precision on CUDA only: in float32 the tanh form's difference would exceed rounding.
-        self.gelu_in_gemm = weight.is_cuda and weight.dtype in (torch.float16, torch.bfloat16) and \
-            hasattr(torch, "_addmm_activation")
+        self.gelu_in_gemm = runs_fused(True, weight.device, weight.dtype) and hasattr(torch, "_addmm_activation")
         self.layers = []
         for layer in model.encoder.layer:
             attn, out = layer.attention.self, layer.attention.output
@@ -119,8 +118,7 @@ def fused_encoder(model: torch.nn.Module, fp8: bool = False) -> FusedEncoder | N
     weight = next(model.parameters())
     plain = (
         fits_packed_backbone(config)
-        and weight.is_cuda
-        and weight.dtype in (torch.float16, torch.bfloat16)
+        and runs_fused(True, weight.device, weight.dtype)
         and hasattr(model, "embeddings")
         and hasattr(model, "encoder")
     )
