@@ -42,4 +42,3 @@ def test_graph_span_is_short_only_where_every_sequence_fits_one_tile():
     assert graph_span(1024, SLOTS, SHORT_SPAN + 1) == 1024
     assert graph_span(SHORT_SPAN, SLOTS, 10) == SHORT_SPAN  # a bucket no longer than a tile has one span
     assert graph_span(256, 1, 10) == 256  # a single input's graph spans its bucket
-

@@ -59,3 +59,17 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_flash_for_good(monkeypatch)
     assert attention.packed_attention(q, q, q, cu, 8, False, None) is flash_out
     assert attention.packed_attention(q, q, q, cu, 8, False, None) is flash_out
     assert calls == [1] and short_attention._failed
+
+
+def test_not_used_before_kernels_may_be_compiled(monkeypatch):
+    """A one-shot job (no warm-up) keeps flash: the kernel would be built in the middle of its call."""
+    calls = []
+    flash_out = torch.ones(8, 2, 64)
+    monkeypatch.setattr(attention, "short_attention", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(attention, "short_attention_fits", lambda *a: True)
+    monkeypatch.setattr(attention, "compiling_allowed", lambda: False)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward", lambda *a, **k: (flash_out,), raising=False)
+    q = torch.zeros(8, 2, 64, dtype=torch.float16)
+    assert attention.packed_attention(q, q, q, torch.tensor([0, 8], dtype=torch.int32), 8, False, None) is flash_out
+    assert not calls

@@ -46,7 +46,9 @@ ENV = "BGE_CORE_SHORT_ATTENTION"
 
 if triton is not None:
 
-    @triton.jit
+    # `longest` varies from batch to batch: specialising on it (Triton does for ints divisible by 16)
+    # would build a variant mid-call the first time an eager batch's longest text is not.
+    @triton.jit(do_not_specialize=["longest"])
     def _short_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, q_row, k_row, v_row, out_row, longest,
                                 scale_log2, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         seq = tl.program_id(0)
