@@ -1,6 +1,6 @@
 """Where the time goes, on one GPU (the figures behind BENCHMARKS.md's notes):
 
-    python bench/probe_gpu.py attn       # varlen attention kernels on a long-document and a passages batch
+    python bench/probe_gpu.py attn       # varlen attention kernels on a long-document and a passages batch (ours too)
     python bench/probe_gpu.py cudnn      # cuDNN attention on long documents padded to 256-token buckets
     python bench/probe_gpu.py e2e        # end-to-end timings, plus GPU busy time and gaps from a profile
     python bench/probe_gpu.py host       # where the calling thread's time goes in one call
@@ -111,8 +111,28 @@ def profiled(name, fn):
     say(f"top {name}", [(round(e.self_device_time_total / 1e3, 1), e.count, e.key[:80]) for e in top])
 
 
+def our_attention(q, k, v, cu, longest, tiles):
+    """Our tiled attention kernel (bge_core/engine/short_attention.py) launched with other tiles than the
+    engine's (rows, keys, warps, pipeline stages): whether it could serve sequences longer than 128 tokens."""
+    import triton
+
+    from bge_core.engine.short_attention import _short_attention_kernel
+
+    block_m, block_n, warps, stages = tiles
+
+    def fn():
+        out = torch.empty_like(q)
+        _short_attention_kernel[(cu.shape[0] - 1, q.shape[1], triton.cdiv(longest, block_m))](
+            q, k, v, out, cu, q.stride(0), k.stride(0), v.stride(0), out.stride(0), longest,
+            q.shape[2] ** -0.5 * 1.4426950408889634, HEAD_DIM=q.shape[2], BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=warps, num_stages=stages)
+        return out
+    return fn
+
+
 def attention_kernels():
-    """Varlen attention kernels on a long-document batch and a passages batch (one layer, 16 x 64, bf16)."""
+    """Varlen attention kernels on a long-document batch and a passages batch (one layer, 16 x 64, bf16):
+    PyTorch's (flash, cuDNN, memory-efficient; per sequence) and ours at larger tiles."""
     import random
 
     rng = random.Random(0)
@@ -134,6 +154,8 @@ def attention_kernels():
                 q[None], k[None], v[None], None, cu, cu, longest, longest, 0.0, 0, False)[0][0],
         }
         bounds = list(zip(cu[:-1].tolist(), cu[1:].tolist()))
+        for tiles in ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2)):
+            kernels["ours " + "x".join(map(str, tiles))] = our_attention(q, k, v, cu, longest, tiles)
 
         def per_sequence(backend):
             from torch.nn.attention import sdpa_kernel
