@@ -256,6 +256,28 @@ def figures_between(before: dict[str, float], after: dict[str, float]) -> dict[s
             "request_ms": 1000 * d["te_request_duration_sum"] / max(d["te_request_duration_count"], 1.0)}
 
 
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of process `pid` and its descendants, summed per process name
+    (`bge serve` names its processes bge-http and bge-engine)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                stat = f.read()
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo += [int(child) for child in f.read().split()]
+        except OSError:
+            continue  # it ended meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
 def in_process(model: str, device: str, dtype: str | None, singles: list[str], batched: list[list[str]]) -> dict:
     import torch
 
@@ -340,15 +362,21 @@ def main() -> None:
                                 timeout=60).json()["data"]
             cos = min(sum(a * b for a, b in zip(x, y["embedding"])) for x, y in zip(ours, theirs))
             print(f"bge serve vs infinity-emb vectors: min cosine {cos:.5f}")
-        for name, (_, url), path, field in servers:
+        for name, (process, url), path, field in servers:
             for count in clients:
                 for workload, work in (("single", [[q] for q in queries]), ("batch32", batched)):
                     before = server_figures(url) if name == "bge serve" else {}
+                    cpu_before = tree_cpu(process.pid)
                     measured = load(url, path, field, work, count, args.load_processes)
+                    cpu = {k: v - cpu_before.get(k, 0.0) for k, v in tree_cpu(process.pid).items()}
+                    # CPU of the server's processes per request answered, by process name (µs)
+                    measured["cpu_us_per_request"] = {k: round(1e6 * v / measured["requests"], 1)
+                                                      for k, v in sorted(cpu.items()) if v > 0}
                     if before:  # where the server's time went during this scenario, from its /metrics
                         measured["server"] = figures_between(before, server_figures(url))
                         print(f"{name} {workload} x{count}: {measured['texts_s']:.0f} texts/s; server: "
-                              + ", ".join(f"{k} {v:.3g}" for k, v in measured["server"].items()), flush=True)
+                              + ", ".join(f"{k} {v:.3g}" for k, v in measured["server"].items())
+                              + f"; CPU µs/request {measured['cpu_us_per_request']}", flush=True)
                     rows.append({"system": name, "workload": workload, "clients": count, **measured})
     finally:
         for _, (process, _), _, _ in servers:

@@ -113,6 +113,9 @@ def _process_main(config: ServerConfig, sock: socket.socket, ready: Connection, 
     """One of several server processes (spawned): serve on the shared socket, say when ready."""
     # Ctrl-C reaches every process of the terminal's group; the parent's SIGTERM ends each one gracefully.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from bge_server.engine_host import name_process
+
+    name_process("bge-http")
     _serve_on(config, sock, lambda: ready.send(os.getpid()), log_level)
 
 

@@ -1,0 +1,123 @@
+"""CPU cost of `bge serve`'s HTTP layer per request, apart from the engine and the sockets.
+
+    python bench/probe_http.py                 # single-query POST /embed, 1 and 16 requests at a time
+
+The app of `bge serve` (its Gate, routes, validation, batcher and JSON writing) answers ASGI requests
+made in this process, with the engine replaced by a call that returns fixed vectors, so the figure is
+the Python the HTTP process runs for a request beside uvicorn's parsing and the socket calls. The
+direct routes are switched off and on in turns (same app, same process) and each setting is timed
+several times; the table gives the median CPU µs per request. Metrics are kept in shared files, as in
+a server of several processes (`--workers N`), unless --metrics-in-memory. Results: a table and
+$OUT/probe_http.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+if __name__ == "__main__" and "--metrics-in-memory" not in sys.argv:
+    # prometheus_client picks its value store when imported
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="probe-http-metrics-")
+
+from bge_server import ServerConfig, create_app  # noqa: E402
+from bge_server.batcher import MicroBatcher  # noqa: E402
+from bge_server.models import EmbedRow, ModelSet, ServedEmbedder  # noqa: E402
+
+OUT = os.environ.get("OUT", "/tmp")
+
+
+def stand_in_models(dim: int) -> ModelSet:
+    """One embedding model whose engine call returns a fixed unit vector per input (no engine)."""
+    vector = np.full(dim, 1 / np.sqrt(dim), dtype=np.float32)
+
+    def run(key: Any, texts: list[str]) -> list[EmbedRow]:
+        return [EmbedRow(vector, None, None) for _ in texts]
+
+    served = ServedEmbedder("bench", "bench", None, None, MicroBatcher(run, max_items=512, name="bench"))  # type: ignore[arg-type]
+    return ModelSet([served], [])
+
+
+async def post(app: Any, path: str, body: bytes) -> int:
+    """One POST through the ASGI app, as uvicorn would make it; the response status."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080)}
+    sent = False
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            await asyncio.Event().wait()  # the client stays connected
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(scope, receive, send)
+    return status
+
+
+async def measure(app: Any, path: str, bodies: list[bytes], at_once: int) -> tuple[float, float]:
+    """(CPU µs per request, requests/s) for `bodies` sent `at_once` at a time."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    for start in range(0, len(bodies), at_once):
+        statuses = await asyncio.gather(*(post(app, path, b) for b in bodies[start : start + at_once]))
+        assert all(s == 200 for s in statuses), statuses
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return 1e6 * cpu / len(bodies), len(bodies) / wall
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    app = create_app(ServerConfig(models=["bench"]), models=stand_in_models(args.dim))
+    direct = app.gate.direct
+    bodies = [json.dumps({"inputs": f"query number {i} about something"}).encode() for i in range(args.requests)]
+    rows: dict[str, dict[str, list[float]]] = {}
+    async with app.router.lifespan_context(app):
+        await measure(app, "/embed", bodies[:200], 1)  # warm-up
+        for _ in range(args.repeats):
+            for setting in ("FastAPI", "direct"):
+                app.gate.direct = direct if setting == "direct" else None
+                for at_once in args.at_once:
+                    cpu_us, rate = await measure(app, "/embed", bodies, at_once)
+                    row = rows.setdefault(f"{setting} x{at_once}", {"cpu_us": [], "requests_s": []})
+                    row["cpu_us"].append(cpu_us)
+                    row["requests_s"].append(rate)
+    return {name: {k: statistics.median(v) for k, v in row.items()} for name, row in rows.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--at-once", type=int, nargs="*", default=[1, 16])
+    parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--metrics-in-memory", action="store_true", help="as a server of one process")
+    args = parser.parse_args()
+    results = asyncio.run(main_async(args))
+    print(f"{'setting':14} {'CPU µs/request':>15} {'requests/s':>11}")
+    for name, row in results.items():
+        print(f"{name:14} {row['cpu_us']:15.1f} {row['requests_s']:11.0f}")
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "probe_http.json"), "w") as f:
+        json.dump({"args": vars(args), "metrics_files": "PROMETHEUS_MULTIPROC_DIR" in os.environ,
+                   "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
