@@ -150,6 +150,25 @@ class ModelHandle(ABC):
             ])
         return out
 
+    def count_tokens(self, texts: str | Sequence[str], *, max_length: int | None = None) -> list[int]:
+        """Tokens each text is read as, special tokens included (what a service reports as usage):
+        ``len(t)`` of each row of `tokenize`, without building the tokens. Safe from many threads.
+
+        Example:
+            >>> Embedder("BAAI/bge-m3").count_tokens(["hello world"])
+            [4]
+        """
+        items, _ = as_text_list(texts)
+        if not items:
+            return []
+        if max_length is not None:
+            items = [cut(t, max_length) for t in items]
+        tokenizer, lock = self._own_tokenizer()
+        options: dict[str, Any] = {"truncation": True, "max_length": max_length} if max_length else {}
+        with lock:
+            encoded = tokenizer(items, return_attention_mask=False, return_token_type_ids=False, **options)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def decode(self, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True) -> list[str]:
         """Text of each row of token ids (the inverse of `tokenize`, up to normalisation).
 

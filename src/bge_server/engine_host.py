@@ -15,7 +15,7 @@ main thread alone reads and writes the sockets and merges the queued runs; the e
 
 Wire format: each message is a 4-byte big-endian length and a pickle.
 Requests: ``("run", call_id, model, key, items)`` (merged with other runs of the same model and key)
-and ``("call", call_id, model, method, args)`` (answered at once; tokenize, decode, count_tokens,
+and ``("call", call_id, model, method, args)`` (answered at once; tokenize, decode,
 describe). Replies: ``(call_id, ok, value_or_exception)``.
 """
 
@@ -223,10 +223,8 @@ def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any]) -> None:
         model = by_name[name]
         handle = model.embedder if model.kind == "embedding" else model.reranker
         positional, options = args
-        if method == "count_tokens":
-            value: Any = sum(len(t) for t in handle.tokenize(positional[0], max_length=handle.max_length))
-        elif method in ("tokenize", "decode"):
-            value = getattr(handle, method)(*positional, **options)
+        if method in ("tokenize", "decode"):
+            value: Any = getattr(handle, method)(*positional, **options)
         else:
             raise ValueError(f"the engine host has no call {method!r}")
         peer.reply(call_id, True, value)
@@ -317,7 +315,7 @@ class HostClient:
         return await self._ask(("run", next(self._ids), model, key, items))
 
     async def call(self, model: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """`method(*args, **kwargs)` on the model's engine handle (``count_tokens`` counts tokens)."""
+        """`method(*args, **kwargs)` on the model's engine handle (tokenize, decode)."""
         return await self._ask(("call", next(self._ids), model, method, (args, kwargs)))
 
     async def _ask(self, message: tuple) -> Any:

@@ -32,6 +32,7 @@ class EmbedKey(NamedTuple):
     dense: bool = True
     sparse: bool = False
     colbert: bool = False
+    usage: bool = False  # count each input's tokens (OpenAI's usage), in the same engine call
 
 
 class EmbedRow(NamedTuple):
@@ -40,6 +41,7 @@ class EmbedRow(NamedTuple):
     dense: np.ndarray | None
     sparse: dict[int, float] | None
     colbert: np.ndarray | None
+    tokens: int | None = None
 
 
 @dataclass
@@ -61,11 +63,13 @@ class ServedEmbedder:
         handle = self.embedder if key.normalize else self.raw
         encode = {None: handle.encode, "query": handle.encode_queries, "document": handle.encode_documents}[key.prompt]
         out = encode(texts, dense=key.dense, sparse=key.sparse, colbert=key.colbert, truncate=key.truncate)
+        tokens = handle.count_tokens(texts, max_length=handle.max_length) if key.usage else [None] * len(texts)
         return [
             EmbedRow(
                 None if out.dense is None else out.dense[i],
                 None if out.lexical_weights is None else out.lexical_weights[i],
                 None if out.colbert_vectors is None else out.colbert_vectors[i],
+                tokens[i],
             )
             for i in range(len(texts))
         ]

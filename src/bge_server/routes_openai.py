@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 from fastapi import APIRouter, Request
@@ -11,7 +10,7 @@ from starlette.responses import Response
 from bge_server.models import EmbedKey
 from bge_server.rerank import rerank_response
 from bge_server.schemas import OpenAIEmbeddingRequest, RerankRequest, text_inputs
-from bge_server.service import FastJSON, context, dense_matrix, embed_rows, token_count
+from bge_server.service import FastJSON, context, dense_matrix, embed_rows
 
 router = APIRouter()
 
@@ -24,10 +23,8 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     ctx = context(request)
     served = ctx.models.embedding(body.model)
     texts, _ = text_inputs(body.input, "input", limit=ctx.config.max_client_batch_size)
-    key = EmbedKey(None, True, ctx.config.auto_truncate)
-    rows, tokens = await asyncio.gather(
-        embed_rows(request, served, texts, key), token_count(served, texts)
-    )
+    rows = await embed_rows(request, served, texts, EmbedKey(None, True, ctx.config.auto_truncate, usage=True))
+    tokens = sum(row.tokens for row in rows)
     matrix = dense_matrix(rows, body.dimensions, True)
     if body.encoding_format == "base64":
         little = matrix.astype("<f4", copy=False)

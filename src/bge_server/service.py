@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -117,13 +116,3 @@ def require_m3(served: ServedEmbedder, route: str) -> None:
     if served.embedder.family != "m3":
         raise ApiError("Validation", f"model {served.name!r} is a {served.embedder.family} model; "
                                      f"{route} needs BGE-M3 (sparse and ColBERT heads)")
-
-
-async def token_count(served: ServedEmbedder, texts: list[str]) -> int:
-    """Tokens the model reads for `texts` (OpenAI's ``usage``): counted by the engine host, or on a
-    worker thread of this process."""
-    if served.host is not None:
-        return await served.host.call(served.name, "count_tokens", texts)
-    handle = served.embedder
-    return await run_in_threadpool(
-        lambda: sum(len(tokens) for tokens in handle.tokenize(texts, max_length=handle.max_length)))

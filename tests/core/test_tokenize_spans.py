@@ -33,6 +33,16 @@ def test_without_special_tokens_max_length_and_empty(m3: Embedder) -> None:
     assert len(cut) == 8 and cut[-1].special
 
 
+def test_count_tokens_is_the_length_of_each_tokenized_text(m3: Embedder, cross_encoder_path: str) -> None:
+    texts = ["The giant panda 🐼 is a bear.", "", " ".join(["panda"] * 300)]
+    assert m3.count_tokens(texts) == [len(row) for row in m3.tokenize(texts)]
+    assert m3.count_tokens(texts, max_length=16) == [len(row) for row in m3.tokenize(texts, max_length=16)]
+    assert m3.count_tokens(texts, max_length=16)[2] == 16 and m3.count_tokens("") == [2]
+    assert m3.count_tokens([]) == []
+    reranker = Reranker(cross_encoder_path, device="cpu")
+    assert reranker.count_tokens("a passage") == [len(reranker.tokenize("a passage")[0])]
+
+
 def test_decode_inverts_tokenize_and_names_bad_ids(m3: Embedder) -> None:
     ids = [t.id for t in m3.tokenize("The quick brown fox")[0]]
     assert m3.decode([ids]) == ["The quick brown fox"]
