@@ -4,7 +4,9 @@
 
 The app of `bge serve` (its Gate, routes, validation, batcher and JSON writing) answers ASGI requests
 made in this process, with the engine replaced by a call that returns fixed vectors, so the figure is
-the Python the HTTP process runs for a request beside uvicorn's parsing and the socket calls. The
+the Python the HTTP process runs for a request beside uvicorn's parsing and the socket calls. With
+--layout host (what `bge serve --workers N` runs), the engine calls go over the Unix socket to an
+engine host process serving the same stand-in, and the figure includes this side of that exchange. The
 direct routes are switched off and on in turns (same app, same process) and each setting is timed
 several times; the table gives the median CPU µs per request. Metrics are kept in shared files, as in
 a server of several processes (`--workers N`), unless --metrics-in-memory. Results: a table and
@@ -16,11 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,6 +36,8 @@ if __name__ == "__main__" and "--metrics-in-memory" not in sys.argv:
 
 from bge_server import ServerConfig, create_app  # noqa: E402
 from bge_server.batcher import MicroBatcher  # noqa: E402
+from bge_server.engine_host import HostClient, serve_calls  # noqa: E402
+from bge_server.metrics import Metrics  # noqa: E402
 from bge_server.models import EmbedRow, ModelSet, ServedEmbedder  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
@@ -43,8 +50,38 @@ def stand_in_models(dim: int) -> ModelSet:
     def run(key: Any, texts: list[str]) -> list[EmbedRow]:
         return [EmbedRow(vector, None, None) for _ in texts]
 
-    served = ServedEmbedder("bench", "bench", None, None, MicroBatcher(run, max_items=512, name="bench"))  # type: ignore[arg-type]
+    handle = SimpleNamespace(family="dense", dtype="float32", device="cpu", max_length=512, dim=dim,
+                             colbert_dim=None, spec=SimpleNamespace(pooling="cls"))
+    served = ServedEmbedder("bench", "bench", handle, handle, MicroBatcher(run, max_items=512, name="bench"))  # type: ignore[arg-type]
+    served.run = run  # type: ignore[method-assign]
     return ModelSet([served], [])
+
+
+def host_process(path: str, dim: int) -> None:
+    """An engine host serving the stand-in model on `path` until its parent ends."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    parent = multiprocessing.parent_process()
+    serve_calls(listener, {"bench": stand_in_models(dim).embedders[0]}, 512, stop=parent.sentinel)
+
+
+def app_of(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The app under test, and the engine host process (None when the engine runs in this process)."""
+    config = ServerConfig(models=["bench"])
+    if args.layout == "process":
+        return create_app(config, models=stand_in_models(args.dim)), None
+    path = os.path.join(tempfile.mkdtemp(prefix="probe-http-"), "engine.sock")
+    host = multiprocessing.get_context("spawn").Process(target=host_process, args=(path, args.dim), daemon=True)
+    host.start()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if not host.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the engine host did not start (exit code {host.exitcode})")
+        time.sleep(0.05)
+    client = HostClient(path)
+    app = create_app(config, models=ModelSet.remote(config, client, Metrics()))
+    return app, (host, client)
 
 
 async def post(app: Any, path: str, body: bytes) -> int:
@@ -84,7 +121,9 @@ async def measure(app: Any, path: str, bodies: list[bytes], at_once: int) -> tup
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    app = create_app(ServerConfig(models=["bench"]), models=stand_in_models(args.dim))
+    app, host = app_of(args)
+    if host is not None:
+        await host[1].start()
     direct = app.gate.direct
     bodies = [json.dumps({"inputs": f"query number {i} about something"}).encode() for i in range(args.requests)]
     rows: dict[str, dict[str, list[float]]] = {}
@@ -98,6 +137,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     row = rows.setdefault(f"{setting} x{at_once}", {"cpu_us": [], "requests_s": []})
                     row["cpu_us"].append(cpu_us)
                     row["requests_s"].append(rate)
+    if host is not None:
+        await host[1].stop()
+        host[0].terminate()
     return {name: {k: statistics.median(v) for k, v in row.items()} for name, row in rows.items()}
 
 
@@ -107,6 +149,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--at-once", type=int, nargs="*", default=[1, 16])
     parser.add_argument("--dim", type=int, default=1024)
+    parser.add_argument("--layout", choices=["process", "host"], default="process",
+                        help="engine calls on threads of this process, or in an engine host process")
     parser.add_argument("--metrics-in-memory", action="store_true", help="as a server of one process")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))

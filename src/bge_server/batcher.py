@@ -76,6 +76,7 @@ class MicroBatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._pool: ThreadPoolExecutor | None = None
         self.dropped = 0  # jobs skipped because their client had gone
+        self._queue_gauge = None if metrics is None else metrics.queue_size.labels(name)
 
     async def start(self) -> None:
         """Start the worker tasks (on the running event loop)."""
@@ -117,30 +118,17 @@ class MicroBatcher:
         self._queue.extend(jobs)
         self._wakeup.set()
         self._report_queue()
-        gathered = asyncio.gather(*(job.future for job in jobs))
-        if request is None:
-            parts = await gathered
-        else:
-            # Most requests are answered within milliseconds: only a request still waiting after
-            # WATCH_AFTER_S gets a task listening for its client's disconnect (one task per request costs
-            # more than the timer).
-            try:
-                parts = await asyncio.wait_for(asyncio.shield(gathered), WATCH_AFTER_S)
-                return [result for part in parts for result in part]
-            except asyncio.TimeoutError:
-                pass
-            watcher = asyncio.create_task(_disconnected(request))
-            try:
-                done, _ = await asyncio.wait({gathered, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if gathered not in done:
-                    for job in jobs:
-                        job.gone = True
-                    gathered.cancel()
-                    raise ClientGone()
-                parts = gathered.result()
-            finally:
-                watcher.cancel()
-        return [result for part in parts for result in part]
+        waiter = jobs[0].future if len(jobs) == 1 else asyncio.gather(*(job.future for job in jobs))
+        # Most requests are answered within milliseconds: only a request still waiting after WATCH_AFTER_S
+        # gets a task listening for its client's disconnect (a task, or a timeout around the wait, for
+        # every request costs more than this timer).
+        timer = None if request is None else loop.call_later(WATCH_AFTER_S, _watch, request, jobs, waiter)
+        try:
+            parts = await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return parts if len(jobs) == 1 else [result for part in parts for result in part]
 
     def _take(self) -> list[_Job]:
         """The oldest live job and the queued jobs with its key, up to `max_items` inputs."""
@@ -221,8 +209,8 @@ class MicroBatcher:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, key, items)
 
     def _report_queue(self) -> None:
-        if self._metrics is not None:
-            self._metrics.queue_size.labels(self._name).set(self.queued)
+        if self._queue_gauge is not None:
+            self._queue_gauge.set(self.queued)
 
 
 def _with_offset(error: Exception, offset: int) -> Exception:
@@ -232,6 +220,23 @@ def _with_offset(error: Exception, offset: int) -> Exception:
             r"\d+", lambda d: str(int(d.group()) + offset), m.group(1)), str(error))
         return ValueError(text)
     return error
+
+
+def _watch(request: Request, jobs: list[_Job], waiter: asyncio.Future[Any]) -> None:
+    """Watch a waiting request's connection: if its client leaves first, its queued jobs are dropped
+    and the request ends with `ClientGone`."""
+
+    def left(watcher: asyncio.Task[None]) -> None:
+        if watcher.cancelled() or waiter.done():
+            return
+        for job in jobs:
+            job.gone = True
+            if not job.future.done():
+                job.future.set_exception(ClientGone())
+
+    watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(left)
+    waiter.add_done_callback(lambda _: watcher.cancel())
 
 
 async def _disconnected(request: Request) -> None:
