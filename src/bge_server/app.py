@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -292,7 +292,8 @@ def _install_handlers(app: FastAPI, metrics: Metrics) -> None:
         return failed(request, kind, f"{request.method} {request.url.path}: {error.detail}", error.status_code)
 
     @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, error: ClientGone) -> Response:
+    @app.exception_handler(ClientDisconnect)  # gone while its body was being read
+    async def client_gone(request: Request, error: Exception) -> Response:
         return Response(status_code=499)  # nobody reads it; nginx's code for "client closed request"
 
     @app.exception_handler(Exception)

@@ -123,3 +123,25 @@ def without_id(answer: tuple[int, Any]) -> tuple[int, Any]:
     """The answer without a Cohere rerank response's random id."""
     status, body = answer
     return status, {k: v for k, v in body.items() if k != "id"} if isinstance(body, dict) else body
+
+
+async def test_a_client_that_leaves_while_sending_its_body_is_not_an_error(
+        app: ServerApp, caplog: pytest.LogCaptureFixture) -> None:
+    parts = iter([{"type": "http.request", "body": b'{"inputs": ["half a bo', "more_body": True},
+                  {"type": "http.disconnect"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(parts)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/embed", "raw_path": b"/embed", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    with caplog.at_level("ERROR", logger="bge_server"):
+        await app(scope, receive, send)
+    assert sent[0]["status"] == 499  # nobody reads it
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
