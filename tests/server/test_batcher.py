@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,6 +28,26 @@ class Engine:
         return [f"{key}:{item}" for item in items]
 
 
+@contextlib.asynccontextmanager
+async def running(max_items: int) -> AsyncIterator[tuple[Engine, MicroBatcher]]:
+    """A started batcher with one worker over a fresh `Engine`."""
+    engine = Engine()
+    batcher = MicroBatcher(engine, max_items=max_items, workers=1)
+    await batcher.start()
+    try:
+        yield engine, batcher
+    finally:
+        await batcher.stop()
+
+
+async def hold(engine: Engine, batcher: MicroBatcher) -> asyncio.Future[list[Any]]:
+    """A call of one input that the engine holds until `engine.release` is set."""
+    engine.release.clear()
+    busy = asyncio.ensure_future(batcher.submit("k", ["busy"]))
+    await asyncio.sleep(0.05)  # the worker has taken it
+    return busy
+
+
 def connection(leaves: asyncio.Event | None = None) -> tuple[Request, list[str]]:
     """A request whose body was read; its client leaves when `leaves` is set (never when None).
     Also the list of messages the server asked for."""
@@ -43,46 +65,29 @@ def connection(leaves: asyncio.Event | None = None) -> tuple[Request, list[str]]
 
 
 async def test_a_request_larger_than_a_call_is_split_and_answered_in_order() -> None:
-    engine = Engine()
-    batcher = MicroBatcher(engine, max_items=4, workers=1)
-    await batcher.start()
-    try:
+    async with running(max_items=4) as (engine, batcher):
         items = [str(i) for i in range(10)]
         request, asked = connection()
         assert await batcher.submit("k", items, request) == [f"k:{i}" for i in items]
         assert [len(call) for call in engine.calls] == [4, 4, 2]
         assert asked == []  # answered at once: its connection was never watched
-    finally:
-        await batcher.stop()
 
 
 async def test_requests_waiting_together_share_one_call() -> None:
-    engine = Engine()
-    batcher = MicroBatcher(engine, max_items=64, workers=1)
-    await batcher.start()
-    try:
-        engine.release.clear()
-        first = asyncio.ensure_future(batcher.submit("k", ["busy"]))
-        await asyncio.sleep(0.05)  # the worker holds the first call
+    async with running(max_items=64) as (engine, batcher):
+        first = await hold(engine, batcher)
         rest = [asyncio.ensure_future(batcher.submit("k", [f"q{i}"])) for i in range(8)]
         await asyncio.sleep(0.01)
         engine.release.set()
         assert await first == ["k:busy"]
         assert [await r for r in rest] == [[f"k:q{i}"] for i in range(8)]
         assert engine.calls == [["busy"], [f"q{i}" for i in range(8)]]
-    finally:
-        await batcher.stop()
 
 
 @pytest.mark.parametrize("size", [1, 6])  # one job, or a request split into two
 async def test_a_client_that_leaves_while_waiting_gets_client_gone_and_costs_no_call(size: int) -> None:
-    engine = Engine()
-    batcher = MicroBatcher(engine, max_items=4, workers=1)
-    await batcher.start()
-    try:
-        engine.release.clear()
-        busy = asyncio.ensure_future(batcher.submit("k", ["busy"]))
-        await asyncio.sleep(0.05)
+    async with running(max_items=4) as (engine, batcher):
+        busy = await hold(engine, batcher)
         leaves = asyncio.Event()
         request, asked = connection(leaves)
         waiting = asyncio.ensure_future(batcher.submit("k", [f"gone{i}" for i in range(size)], request))
@@ -96,5 +101,3 @@ async def test_a_client_that_leaves_while_waiting_gets_client_gone_and_costs_no_
         assert await batcher.submit("k", ["next"]) == ["k:next"]  # the batcher goes on
         assert engine.calls == [["busy"], ["next"]]  # the leaver's items never reached the engine
         assert batcher.dropped == (1 if size == 1 else 2)
-    finally:
-        await batcher.stop()
