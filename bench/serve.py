@@ -154,12 +154,13 @@ def load(url: str, path: str, field: str, batches: list[list[str]], clients: int
             worker.join(30)
             if worker.is_alive():
                 worker.kill()
-    latencies = sorted(x for lat, _, _ in results for x in lat)
-    sent = sum(n for _, n, _ in results)
-    seconds = max(end for _, _, end in results) - start_at.value
+    latencies = sorted(x for lat, _, _, _ in results for x in lat)
+    sent = sum(n for _, n, _, _ in results)
+    seconds = max(end for _, _, end, _ in results) - start_at.value
+    client_cpu = sum(cpu for _, _, _, cpu in results)
     return {"texts_s": sent / seconds, "p50_ms": 1000 * statistics.median(latencies),
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-            "requests": len(latencies)}
+            "requests": len(latencies), "client_cpu_us_per_request": round(1e6 * client_cpu / len(latencies), 1)}
 
 
 def _load_process(url: str, path: str, field: str, batches: list[list[str]], clients: int, ready: Any,
@@ -192,8 +193,9 @@ def _load_process(url: str, path: str, field: str, batches: list[list[str]], cli
             while time.perf_counter() < start_at.value:
                 await asyncio.sleep(0.001)
             deadline = time.perf_counter() + SCENARIO_LIMIT_S
+            cpu_at_start = time.process_time()  # this load generator's own cost, reported beside the server's
             await asyncio.gather(*(client() for _ in range(clients)))
-            return latencies, sent, time.perf_counter()
+            return latencies, sent, time.perf_counter(), time.process_time() - cpu_at_start
         finally:
             await post(None)
 
@@ -376,7 +378,8 @@ def main() -> None:
                         measured["server"] = figures_between(before, server_figures(url))
                         print(f"{name} {workload} x{count}: {measured['texts_s']:.0f} texts/s; server: "
                               + ", ".join(f"{k} {v:.3g}" for k, v in measured["server"].items())
-                              + f"; CPU µs/request {measured['cpu_us_per_request']}", flush=True)
+                              + f"; CPU µs/request {measured['cpu_us_per_request']} (load generator "
+                              f"{measured['client_cpu_us_per_request']})", flush=True)
                     rows.append({"system": name, "workload": workload, "clients": count, **measured})
     finally:
         for _, (process, _), _, _ in servers:
