@@ -81,12 +81,21 @@ class _Peer:
         self.send(_reply_frame(call_id, ok, value))
 
     def send(self, data: bytes) -> None:
-        """Send a framed reply (from the host's main thread, which owns the sockets)."""
+        """Send a framed reply (from the host's main thread, which owns the sockets). A reply that the
+        socket's buffer takes at once costs one call; the rest of a larger one is sent blocking."""
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return  # that server process has gone; its requests went with it
+        if sent == len(data):
+            return
         try:
             self.sock.setblocking(True)
-            self.sock.sendall(data)
+            self.sock.sendall(memoryview(data)[sent:])
         except OSError:
-            pass  # that server process has gone; its requests went with it
+            pass
         finally:
             try:
                 self.sock.setblocking(False)

@@ -100,3 +100,12 @@ def test_a_failing_call_answers_its_runs_with_the_error_and_the_host_keeps_servi
     assert isinstance(failed, ValueError) and "index 0" in str(failed)
     assert ok == ["y!"]
     assert _run(path, [(("k",), ["z"])]) == [["z!"]]
+
+
+def test_replies_larger_than_the_socket_buffer_arrive_whole(host):
+    """A reply of ~12 MB (far over a Unix socket's buffer) is sent in parts; every run gets its items back
+    exactly, and a small reply after it is not mixed into it."""
+    path, _ = host
+    big = [f"{i:04d}" + "x" * 60_000 for i in range(200)]
+    results = _run(path, [(("k",), big), (("other",), ["small"])])
+    assert results == [[item + "!" for item in big], ["small!"]]
