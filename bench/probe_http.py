@@ -11,6 +11,13 @@ direct routes are switched off and on in turns (same app, same process) and each
 several times; the table gives the median CPU µs per request. Metrics are kept in shared files, as in
 a server of several processes (`--workers N`), unless --metrics-in-memory. Results: a table and
 $OUT/probe_http.json.
+
+    python bench/probe_http.py --served uvicorn granian   # whole server processes, over loopback
+
+With --served, the same stand-in app runs in an ASGI server process of each kind named (installed ones),
+loaded over 127.0.0.1 by `bench/serve.py`'s load generator (--clients at once, one process): the server
+process's CPU per request (its HTTP parsing and sockets included), requests/s and the load generator's
+CPU per request, median of --repeats runs.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import multiprocessing
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +63,12 @@ def stand_in_models(dim: int) -> ModelSet:
     served = ServedEmbedder("bench", "bench", handle, handle, MicroBatcher(run, max_items=512, name="bench"))  # type: ignore[arg-type]
     served.run = run  # type: ignore[method-assign]
     return ModelSet([served], [])
+
+
+def served_app() -> Any:
+    """The stand-in app, for an ASGI server's factory option (dimension from PROBE_HTTP_DIM)."""
+    dim = int(os.environ.get("PROBE_HTTP_DIM", 1024))
+    return create_app(ServerConfig(models=["bench"]), models=stand_in_models(dim))
 
 
 def host_process(path: str, dim: int) -> None:
@@ -158,6 +172,53 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {name: {k: statistics.median(v) for k, v in row.items() if v} for name, row in rows.items()}
 
 
+SERVERS = {
+    "uvicorn": ["-m", "uvicorn", "probe_http:served_app", "--factory", "--log-level", "warning", "--no-access-log",
+                "--port"],
+    "granian": ["-m", "granian", "--interface", "asgi", "--factory", "--log-level", "warning", "--no-ws",
+                "--loop", "uvloop", "probe_http:served_app", "--port"],
+}
+
+
+def served(args: argparse.Namespace) -> dict[str, Any]:
+    """Each ASGI server of `args.served` serving the stand-in app, under `args.clients` loopback clients."""
+    import httpx
+    import serve
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    queries = [[f"query number {i} about something"] for i in range(args.requests)]
+    results: dict[str, Any] = {}
+    for name in args.served:
+        port = serve.free_port()
+        env = {**os.environ, "PROBE_HTTP_DIM": str(args.dim), "PYTHONPATH": os.pathsep.join(
+            [here, os.environ.get("PYTHONPATH", "")])}
+        process = subprocess.Popen([sys.executable, *SERVERS[name], str(port)], cwd=here, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    httpx.post(url + "/embed", json={"inputs": "warm-up"}, timeout=5).raise_for_status()
+                    break
+                except httpx.HTTPError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"{name} did not serve the stand-in app") from None
+                    time.sleep(0.2)
+            runs = []
+            for _ in range(args.repeats):
+                before = sum(serve.tree_cpu(process.pid).values())
+                measured = serve.load(url, "/embed", "inputs", queries, args.clients, processes=1)
+                cpu = sum(serve.tree_cpu(process.pid).values()) - before
+                runs.append({"cpu_us": 1e6 * cpu / measured["requests"], "requests_s": measured["texts_s"],
+                             "client_cpu_us": measured["client_cpu_us_per_request"]})
+            results[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        finally:
+            process.terminate()
+            process.wait(30)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3000)
@@ -167,7 +228,18 @@ def main() -> None:
     parser.add_argument("--layout", choices=["process", "host"], default="process",
                         help="engine calls on threads of this process, or in an engine host process")
     parser.add_argument("--metrics-in-memory", action="store_true", help="as a server of one process")
+    parser.add_argument("--served", nargs="*", choices=sorted(SERVERS), help="whole server processes instead")
+    parser.add_argument("--clients", type=int, default=16, help="loopback clients with --served")
     args = parser.parse_args()
+    if args.served:
+        results = served(args)
+        print(f"{'server':10} {'server CPU µs/request':>22} {'requests/s':>11} {'load generator µs/request':>26}")
+        for name, row in results.items():
+            print(f"{name:10} {row['cpu_us']:22.1f} {row['requests_s']:11.0f} {row['client_cpu_us']:26.1f}")
+        os.makedirs(OUT, exist_ok=True)
+        with open(os.path.join(OUT, "probe_http_served.json"), "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
+        return
     results = asyncio.run(main_async(args))
     print(f"{'setting':14} {'CPU µs/request':>15} {'requests/s':>11} {'engine host µs/request':>23}")
     for name, row in results.items():
