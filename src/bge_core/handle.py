@@ -128,11 +128,8 @@ class ModelHandle(ABC):
             >>> [t.text for t in Embedder("BAAI/bge-m3").tokenize("hello world")[0]]
             ['<s>', 'hello', ' world', '</s>']
         """
-        items, _ = as_text_list(texts)
-        if max_length is not None:  # a 10 MB string costs O(max_length), as in the engine
-            items = [cut(t, max_length) for t in items]
+        items, options = _user_inputs(texts, max_length)
         tokenizer, lock = self._own_tokenizer()
-        options: dict[str, Any] = {"truncation": True, "max_length": max_length} if max_length else {}
         with lock:
             encoded = tokenizer(
                 items, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
@@ -158,13 +155,10 @@ class ModelHandle(ABC):
             >>> Embedder("BAAI/bge-m3").count_tokens(["hello world"])
             [4]
         """
-        items, _ = as_text_list(texts)
+        items, options = _user_inputs(texts, max_length)
         if not items:
             return []
-        if max_length is not None:
-            items = [cut(t, max_length) for t in items]
         tokenizer, lock = self._own_tokenizer()
-        options: dict[str, Any] = {"truncation": True, "max_length": max_length} if max_length else {}
         with lock:
             encoded = tokenizer(items, return_attention_mask=False, return_token_type_ids=False, **options)
         return [len(ids) for ids in encoded["input_ids"]]
@@ -196,3 +190,13 @@ class ModelHandle(ABC):
         with lock:
             return tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens,
                                           clean_up_tokenization_spaces=False)
+
+
+def _user_inputs(texts: str | Sequence[str], max_length: int | None) -> tuple[list[str], dict[str, Any]]:
+    """The texts of a `tokenize` / `count_tokens` call, each cut near `max_length` tokens first (a 10 MB
+    string costs O(max_length), as in the engine), and the tokenizer's truncation options."""
+    items, _ = as_text_list(texts)
+    if max_length is not None:
+        items = [cut(t, max_length) for t in items]
+    return items, {"truncation": True, "max_length": max_length} if max_length else {}
+
