@@ -48,6 +48,9 @@ from bge_server.engine_host import HostClient, serve_calls  # noqa: E402
 from bge_server.metrics import Metrics  # noqa: E402
 from bge_server.models import EmbedRow, ModelSet, ServedEmbedder  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import serve  # noqa: E402
+
 OUT = os.environ.get("OUT", "/tmp")
 
 
@@ -124,25 +127,18 @@ async def post(app: Any, path: str, body: bytes) -> int:
     return status
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) process `pid` has used."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def measure(app: Any, path: str, bodies: list[bytes], at_once: int,
                   host_pid: int | None = None) -> tuple[float, float, float | None]:
     """(CPU µs per request here, requests/s, the engine host's CPU µs per request) for `bodies` sent
     `at_once` at a time."""
-    host_cpu = None if host_pid is None else cpu_seconds(host_pid)
+    host_cpu = None if host_pid is None else sum(serve.tree_cpu(host_pid).values())
     cpu, wall = time.process_time(), time.perf_counter()
     for start in range(0, len(bodies), at_once):
         statuses = await asyncio.gather(*(post(app, path, b) for b in bodies[start : start + at_once]))
         assert all(s == 200 for s in statuses), statuses
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     if host_pid is not None:
-        host_cpu = 1e6 * (cpu_seconds(host_pid) - host_cpu) / len(bodies)
+        host_cpu = 1e6 * (sum(serve.tree_cpu(host_pid).values()) - host_cpu) / len(bodies)
     return 1e6 * cpu / len(bodies), len(bodies) / wall, host_cpu
 
 
@@ -183,7 +179,6 @@ SERVERS = {
 def served(args: argparse.Namespace) -> dict[str, Any]:
     """Each ASGI server of `args.served` serving the stand-in app, under `args.clients` loopback clients."""
     import httpx
-    import serve
 
     here = os.path.dirname(os.path.abspath(__file__))
     queries = [[f"query number {i} about something"] for i in range(args.requests)]

@@ -48,10 +48,8 @@ class _TooLarge(Exception):
 TOO_LARGE = "bge.too_large"
 
 
-#: A POST route's endpoint: (validated body, request) → response, or (request) → response.
-Endpoint = Callable[..., Awaitable[Response]]
-#: Marks an endpoint that takes the request alone (it reads the body itself).
-REQUEST_ONLY = None
+#: A direct route: the request → its response (the body, where there is one, read and validated inside).
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class DirectRoutes:
@@ -77,29 +75,23 @@ class DirectRoutes:
 
     def __init__(self, app: FastAPI, routes: Iterable[BaseRoute]) -> None:
         self.app = app
-        self.routes: dict[str, tuple[type[BaseModel] | None, Endpoint]] = {}
+        self.routes: dict[str, Handler] = {}
         for route in routes:
             if isinstance(route, APIRoute) and route.methods == {"POST"} and not route.dependencies \
                     and route.path not in self.routes and "{" not in route.path:
-                found, model = _body_model(route.endpoint)
-                if found:
-                    self.routes[route.path] = (model, route.endpoint)
+                handler = _direct_handler(route.endpoint)
+                if handler is not None:
+                    self.routes[route.path] = handler
 
     async def answer(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer the request if its path is a direct route; False (nothing read or sent) otherwise."""
-        found = self.routes.get(scope["path"])
-        if found is None:
+        handler = self.routes.get(scope["path"])
+        if handler is None:
             return False
-        model, endpoint = found
         scope["app"] = self.app  # what Request.app reads
         request = Request(scope, receive)
         try:
-            if model is REQUEST_ONLY:
-                response = await endpoint(request)
-            else:
-                # validated as FastAPI validates a body (from_attributes: the same error messages)
-                body = model.model_validate(await _json_body(request), from_attributes=True)
-                response = await endpoint(body, request)
+            response = await handler(request)
         except _TooLarge:
             raise
         except Exception as error:  # noqa: BLE001 - the app's handler for its type answers it
@@ -128,22 +120,28 @@ async def _json_body(request: Request) -> Any:
                                        "input": {}, "ctx": {"error": message}}]) from None
 
 
-def _body_model(endpoint: Callable[..., Any]) -> tuple[bool, type[BaseModel] | None]:
-    """(True, the body model) for an endpoint declared ``(body: Model, request: Request)``, (True, None)
-    for ``(request: Request)``, (False, None) for any other signature."""
+def _direct_handler(endpoint: Callable[..., Awaitable[Response]]) -> Handler | None:
+    """The endpoint as a direct route: itself for ``(request: Request)``, a wrapper that reads and
+    validates the body for ``(body: Model, request: Request)``; None for any other signature."""
     try:
         hints = typing.get_type_hints(endpoint)
     except (NameError, TypeError):
-        return False, None
+        return None
     params = list(inspect.signature(endpoint).parameters.values())
     if any(p.default is not inspect.Parameter.empty or p.kind is not p.POSITIONAL_OR_KEYWORD for p in params):
-        return False, None
+        return None
     types = [hints.get(p.name) for p in params]
     if types == [Request]:
-        return True, REQUEST_ONLY
-    if len(types) == 2 and types[1] is Request and isinstance(types[0], type) and issubclass(types[0], BaseModel):
-        return True, types[0]
-    return False, None
+        return endpoint
+    model = types[0] if len(types) == 2 and types[1] is Request else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return None
+
+    async def with_body(request: Request) -> Response:
+        # validated as FastAPI validates a body (from_attributes: the same error messages)
+        return await endpoint(model.model_validate(await _json_body(request), from_attributes=True), request)
+
+    return with_body
 
 
 class Gate:
@@ -310,7 +308,7 @@ class ServerApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.gate is None:  # not set up by create_app: a plain FastAPI app
-            await super().__call__(scope, receive, send)
+            await self._fastapi(scope, receive, send)
         else:
             await self.gate(scope, receive, send)
 

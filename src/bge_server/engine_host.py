@@ -97,10 +97,8 @@ class _Peer:
         except OSError:
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.setblocking(False)
-            except OSError:
-                pass
 
 
 def _reply_frame(call_id: int, ok: bool, value: Any) -> bytes:
