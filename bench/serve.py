@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing
 import os
@@ -38,6 +39,8 @@ import workloads as W  # noqa: E402
 OUT = os.environ.get("OUT", "/tmp")
 CK = os.environ.get("BENCH_CHECKPOINTS", "/tmp/bge-bench")
 LISTENING = re.compile(r"listening on (http://\S+)")
+#: The last lines each `bge serve` process printed, by pid (shown when a measurement fails).
+SERVER_OUTPUT: dict[int, collections.deque] = {}
 #: No single measurement may run longer than this (a bounded load generator).
 SCENARIO_LIMIT_S = 120.0
 
@@ -61,7 +64,8 @@ def start_bge(model: str, device: str, dtype: str | None, extra: list[str] = ())
     for line in process.stdout:
         match = LISTENING.search(line)
         if match:
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # keep draining
+            tail = SERVER_OUTPUT.setdefault(process.pid, collections.deque(maxlen=40))
+            threading.Thread(target=lambda: tail.extend(process.stdout), daemon=True).start()  # keep draining
             return process, match.group(1)
         if time.time() > deadline:
             break
@@ -128,12 +132,12 @@ def start_infinity(python: str, model: str, device: str) -> tuple[subprocess.Pop
 
 
 def load(url: str, path: str, field: str, batches: list[list[str]], clients: int,
-         processes: int = 8) -> dict[str, Any]:
+         processes: int = 8, on_start: Any = None) -> dict[str, Any]:
     """`clients` concurrent clients share `batches` (one request each, in order); bounded by SCENARIO_LIMIT_S.
 
-    The clients run in up to `processes` load-generator processes (asyncio each; aiohttp where installed,
-    as httpx's async pool costs more client CPU per request), so that one generator's Python is not the
-    ceiling of what is measured. Throughput counts from the common start to the last answer."""
+    The clients run in up to `processes` load-generator processes (asyncio each, uvloop where installed,
+    raw keep-alive HTTP/1.1), so that one generator's Python is not the ceiling of what is measured.
+    Throughput counts from the common start to the last answer; `on_start()` is called at that start."""
     processes = max(1, min(processes, clients))
     shares = [batches[i::processes] for i in range(processes)]
     per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
@@ -148,7 +152,12 @@ def load(url: str, path: str, field: str, batches: list[list[str]], clients: int
     try:
         ready.wait(180)  # every generator connected and warmed up
         start_at.value = time.perf_counter() + 0.05
+        if on_start is not None:
+            on_start()
         results = [answers.get(timeout=SCENARIO_LIMIT_S + 120) for _ in workers]
+        failed = [r for r in results if isinstance(r, str)]
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {len(workers)} load generators failed: {failed[0]}")
     finally:
         for worker in workers:
             worker.join(30)
@@ -199,37 +208,65 @@ def _load_process(url: str, path: str, field: str, batches: list[list[str]], cli
         finally:
             await post(None)
 
-    answers.put(asyncio.run(run()))
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = asyncio
+    try:
+        answers.put(uvloop.run(run()))
+    except BaseException as error:  # the parent stops waiting at once and shows why
+        answers.put(f"{type(error).__name__}: {error}")
+        raise
 
 
 async def _poster(url: str, path: str, clients: int) -> Any:
-    """An async `post(body)` (raising on a non-200); `post(None)` closes the session."""
-    try:
-        import aiohttp
-    except ImportError:
-        aiohttp = None
-    if aiohttp is not None:
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
-                                        timeout=aiohttp.ClientTimeout(total=300))
+    """An async `post(body)` (raising on a non-200 answer); `post(None)` closes its connections.
 
-        async def post_aiohttp(body: dict[str, Any] | None) -> None:
-            if body is None:
-                await session.close()
-                return
-            async with session.post(url + path, json=body) as response:
-                await response.read()
-                response.raise_for_status()
+    Each concurrent post holds one keep-alive HTTP/1.1 connection of a pool (at most `clients`), written
+    and read with asyncio streams: a client library's own work (aiohttp cost 260-360 µs of CPU per
+    single-query request on the H200 host) would otherwise take the cores the server under test needs."""
+    host, _, port = url.removeprefix("http://").partition(":")
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened: list[asyncio.StreamWriter] = []
 
-        return post_aiohttp
-    http = httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=clients))
+    async def exchange(request: bytes, fresh: bool = False) -> tuple[int, bytes]:
+        reader, writer = idle.pop() if idle and not fresh else await connect()
+        try:
+            writer.write(request)
+            header = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", header)
+            if length is None:
+                raise RuntimeError(f"{path}: an answer without Content-Length ({header[:200]!r})")
+            answer = await reader.readexactly(int(length.group(1)))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            raise
+        idle.append((reader, writer))
+        return int(header[9:12]), answer
 
-    async def post_httpx(body: dict[str, Any] | None) -> None:
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        opened.append(writer)
+        return reader, writer
+
+    async def post(body: dict[str, Any] | None) -> None:
         if body is None:
-            await http.aclose()
+            for writer in opened:
+                writer.close()
             return
-        (await http.post(path, json=body)).raise_for_status()
+        data = json.dumps(body).encode()
+        request = f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data
+        try:
+            status, answer = await exchange(request)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            # The server closed a keep-alive connection that sat idle past its timeout (uvicorn: 5 s), as
+            # while the other load generators start: once more, on a new connection.
+            status, answer = await exchange(request, fresh=True)
+        if status != 200:
+            raise RuntimeError(f"{path}: HTTP {status}: {answer[:200]!r}")
 
-    return post_httpx
+    return post
 
 
 FIGURES = ("te_batch_next_size_sum", "te_batch_next_size_count", "te_request_inference_duration_sum",
@@ -258,11 +295,11 @@ def figures_between(before: dict[str, float], after: dict[str, float]) -> dict[s
             "request_ms": 1000 * d["te_request_duration_sum"] / max(d["te_request_duration_count"], 1.0)}
 
 
-def tree_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of process `pid` and its descendants, summed per process name
-    (`bge serve` names its processes bge-http and bge-engine)."""
+def process_tree(pid: int) -> list[tuple[int, str, float]]:
+    """(pid, name, CPU seconds: user + system) of process `pid` and its descendants (`bge serve` names
+    its processes bge-http and bge-engine)."""
     tick = os.sysconf("SC_CLK_TCK")
-    found: dict[str, float] = {}
+    found = []
     todo = [pid]
     while todo:
         current = todo.pop()
@@ -274,10 +311,39 @@ def tree_cpu(pid: int) -> dict[str, float]:
                     todo += [int(child) for child in f.read().split()]
         except OSError:
             continue  # it ended meanwhile
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2 :].split()
-        found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        found.append((current, name, (int(fields[11]) + int(fields[12])) / tick))
     return found
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of process `pid` and its descendants, summed per process name."""
+    found: dict[str, float] = {}
+    for _, name, cpu in process_tree(pid):
+        found[name] = found.get(name, 0.0) + cpu
+    return found
+
+
+def profile_later(py_spy: str, pid: int, seconds: float) -> Any:
+    """An `on_start` for `load`: py-spy samples the engine host (all threads, and the thread holding the
+    GIL) and one HTTP process of server `pid` for `seconds`; raw stacks go to $OUT/profile-*.txt."""
+
+    def record(target: int, label: str, extra: list[str]) -> None:
+        subprocess.run([py_spy, "record", "--pid", str(target), "--duration", str(int(seconds)), "--rate", "400",
+                        "--format", "raw", "--output", os.path.join(OUT, f"profile-{label}.txt"), "--nonblocking",
+                        *extra], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, check=False)
+
+    def start() -> None:
+        tree = process_tree(pid)
+        print("py-spy on " + ", ".join(f"{name} {p}" for p, name, _ in tree), flush=True)
+        targets = [(p, "engine-threads", ["--threads"]) for p, name, _ in tree if name == "bge-engine"]
+        targets += [(p, "engine-gil", ["--gil"]) for p, name, _ in tree if name == "bge-engine"]
+        targets += [(p, "http", []) for p, name, _ in tree if name == "bge-http"][:1]
+        for target, label, extra in targets:
+            threading.Thread(target=record, args=(target, label, extra), daemon=True).start()
+
+    return start
 
 
 def in_process(model: str, device: str, dtype: str | None, singles: list[str], batched: list[list[str]]) -> dict:
@@ -329,6 +395,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=None, help="32-text requests per scenario")
     parser.add_argument("--infinity", default=None, help="python of a venv with infinity-emb[server]")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `bge serve` argument (repeatable)")
+    parser.add_argument("--profile", type=float, default=0, help="py-spy the server for this many seconds of "
+                        "the busiest single-query scenario (needs py-spy)")
+    parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
     parser.add_argument("--load-processes", type=int, default=8, help="load-generator processes (at most one per "
                         "client)")
     args = parser.parse_args()
@@ -369,7 +438,14 @@ def main() -> None:
                 for workload, work in (("single", [[q] for q in queries]), ("batch32", batched)):
                     before = server_figures(url) if name == "bge serve" else {}
                     cpu_before = tree_cpu(process.pid)
-                    measured = load(url, path, field, work, count, args.load_processes)
+                    profile = (profile_later(args.py_spy, process.pid, args.profile) if args.profile and
+                               name == "bge serve" and workload == "single" and count == max(clients) else None)
+                    try:
+                        measured = load(url, path, field, work, count, args.load_processes, profile)
+                    except Exception:
+                        print(f"{name} {workload} x{count} failed; the server's last lines:\n"
+                              + "".join(SERVER_OUTPUT.get(process.pid, ())), file=sys.stderr, flush=True)
+                        raise
                     cpu = {k: v - cpu_before.get(k, 0.0) for k, v in tree_cpu(process.pid).items()}
                     # CPU of the server's processes per request answered, by process name (µs)
                     measured["cpu_us_per_request"] = {k: round(1e6 * v / measured["requests"], 1)

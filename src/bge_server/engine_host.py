@@ -43,16 +43,21 @@ from bge_server.config import ServerConfig
 FRAME = struct.Struct("!I")
 
 
-def _engine_calls() -> int:
-    """Engine calls the host runs at once: 2 (one on the device while the next one's host work is
-    done), or BGE_SERVE_ENGINE_CALLS (for measuring)."""
-    value = os.environ.get("BGE_SERVE_ENGINE_CALLS", "2")
+def calls_from_env(variable: str, default: int) -> int:
+    """A number of calls at once, from environment variable `variable` (for measuring) or `default`.
+
+    Example:
+        >>> calls_from_env("BGE_SERVE_ENGINE_CALLS", 2)
+        2
+    """
+    value = os.environ.get(variable, str(default))
     if not value.strip().isdigit() or int(value) < 1:
-        raise ValueError(f"BGE_SERVE_ENGINE_CALLS must be a whole number of at least 1, got {value!r}")
+        raise ValueError(f"{variable} must be a whole number of at least 1, got {value!r}")
     return int(value)
 
 
-ENGINE_CALLS = _engine_calls()
+#: Engine calls the host runs at once: one on the device while the next one's host work is done.
+ENGINE_CALLS = calls_from_env("BGE_SERVE_ENGINE_CALLS", 2)
 
 
 def _frame(message: Any) -> bytes:

@@ -152,12 +152,15 @@ class ModelSet:
             >>> ModelSet.remote(config, HostClient(path), Metrics()).embedding(None).embedder.dim
             1024
         """
+        from bge_server.engine_host import calls_from_env
+
         embedders, rerankers = [], []
+        # Calls this process has at the host at once; BGE_SERVE_HTTP_CALLS overrides it (for measuring).
+        in_flight = calls_from_env("BGE_SERVE_HTTP_CALLS", config.calls_in_flight)
         for described in host.call_blocking("", "describe_all"):
             handle = RemoteHandle(host, described)
             batcher = MicroBatcher(partial(host.run, described["name"]), max_items=config.batch_items,
-                                   workers=config.calls_in_flight, metrics=metrics, name=described["name"],
-                                   remote=True)
+                                   workers=in_flight, metrics=metrics, name=described["name"], remote=True)
             if described["kind"] == "embedding":
                 embedders.append(ServedEmbedder(described["name"], described["model_id"], handle, handle,  # type: ignore[arg-type]
                                                 batcher, host))
