@@ -46,7 +46,7 @@ from bge_server import ServerConfig, create_app  # noqa: E402
 from bge_server.batcher import MicroBatcher  # noqa: E402
 from bge_server.engine_host import HostClient, serve_calls  # noqa: E402
 from bge_server.metrics import Metrics  # noqa: E402
-from bge_server.models import EmbedRow, ModelSet, ServedEmbedder  # noqa: E402
+from bge_server.models import EmbedRows, ModelSet, ServedEmbedder  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import serve  # noqa: E402
@@ -58,12 +58,13 @@ def stand_in_models(dim: int) -> ModelSet:
     """One embedding model whose engine call returns a fixed unit vector per input (no engine)."""
     vector = np.full(dim, 1 / np.sqrt(dim), dtype=np.float32)
 
-    def run(key: Any, texts: list[str]) -> list[EmbedRow]:
-        return [EmbedRow(vector, None, None) for _ in texts]
+    def run(key: Any, texts: list[str]) -> EmbedRows:
+        return EmbedRows(len(texts), np.repeat(vector[None], len(texts), axis=0), None, None)
 
     handle = SimpleNamespace(family="dense", dtype="float32", device="cpu", max_length=512, dim=dim,
                              colbert_dim=None, spec=SimpleNamespace(pooling="cls"))
-    served = ServedEmbedder("bench", "bench", handle, handle, MicroBatcher(run, max_items=512, name="bench"))  # type: ignore[arg-type]
+    batcher = MicroBatcher(run, max_items=512, name="bench", join=EmbedRows.join)
+    served = ServedEmbedder("bench", "bench", handle, handle, batcher)  # type: ignore[arg-type]
     served.run = run  # type: ignore[method-assign]
     return ModelSet([served], [])
 

@@ -55,6 +55,8 @@ class MicroBatcher:
         workers: engine calls in flight at once (the engine serializes forwards; a second call
             tokenizes while the first runs).
         metrics: where queue and batch figures go.
+        join: puts the result parts of a split request back together (default: list concatenation);
+            a run that returns a columnar result (`EmbedRows`) gives its own.
 
     Example:
         >>> batcher = MicroBatcher(lambda key, items: [len(t) for t in items], max_items=512)
@@ -64,8 +66,10 @@ class MicroBatcher:
     """
 
     def __init__(self, run: RunFn | AsyncRunFn, *, max_items: int = 512, workers: int = 2,
-                 metrics: Metrics | None = None, name: str = "model", remote: bool = False) -> None:
+                 metrics: Metrics | None = None, name: str = "model", remote: bool = False,
+                 join: Callable[[list[Any]], Any] | None = None) -> None:
         self._run = run
+        self._join = join or (lambda parts: [result for part in parts for result in part])
         self._remote = remote
         self.max_items = max_items
         self._workers = workers
@@ -128,7 +132,7 @@ class MicroBatcher:
         finally:
             if timer is not None:
                 timer.cancel()
-        return parts if len(jobs) == 1 else [result for part in parts for result in part]
+        return parts if len(jobs) == 1 else self._join(parts)
 
     def _take(self) -> list[_Job]:
         """The oldest live job and the queued jobs with its key, up to `max_items` inputs."""

@@ -24,7 +24,7 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     served = ctx.models.embedding(body.model)
     texts, _ = text_inputs(body.input, "input", limit=ctx.config.max_client_batch_size)
     rows = await embed_rows(request, served, texts, EmbedKey(None, True, ctx.config.auto_truncate, usage=True))
-    tokens = sum(row.tokens for row in rows)
+    tokens = sum(rows.tokens or ())
     matrix = dense_matrix(rows, body.dimensions, True)
     if body.encoding_format == "base64":
         little = matrix.astype("<f4", copy=False)

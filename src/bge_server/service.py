@@ -15,7 +15,7 @@ from bge_core import BgeCoreError
 from bge_server.config import ServerConfig
 from bge_server.errors import ApiError
 from bge_server.metrics import Metrics
-from bge_server.models import EmbedKey, EmbedRow, ModelSet, ServedEmbedder, ServedReranker
+from bge_server.models import EmbedKey, EmbedRows, ModelSet, ServedEmbedder, ServedReranker
 
 try:  # several times faster for large float arrays; the standard library otherwise
     import orjson
@@ -72,7 +72,7 @@ def prompt_of(name: str | None) -> str | None:
     return PROMPTS[name]
 
 
-async def embed_rows(request: Request, served: ServedEmbedder, texts: list[str], key: EmbedKey) -> list[EmbedRow]:
+async def embed_rows(request: Request, served: ServedEmbedder, texts: list[str], key: EmbedKey) -> EmbedRows:
     """Rows of `texts` from the model's batcher; core's input errors become 422, its failures 424."""
     try:
         return await served.batcher.submit(key, texts, request)
@@ -93,10 +93,11 @@ async def pair_scores(request: Request, served: ServedReranker, query: str, text
         raise ApiError("Backend", str(error)) from None
 
 
-def dense_matrix(rows: list[EmbedRow], dimensions: int | None, normalize: bool) -> np.ndarray:
+def dense_matrix(rows: EmbedRows, dimensions: int | None, normalize: bool) -> np.ndarray:
     """(n, dim) float32 dense vectors; with `dimensions`, the first that many components
     (re-normalised when `normalize`), as TEI and OpenAI slice Matryoshka-style."""
-    matrix = np.stack([row.dense for row in rows]).astype(np.float32, copy=False)
+    assert rows.dense is not None, "dense vectors were not asked for"
+    matrix = rows.dense.astype(np.float32, copy=False)
     if dimensions is not None:
         if dimensions > matrix.shape[1]:
             raise ApiError("Validation", f"dimensions {dimensions} > the model's {matrix.shape[1]}")
