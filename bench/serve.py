@@ -271,7 +271,8 @@ async def _poster(url: str, path: str, clients: int) -> Any:
 
 FIGURES = ("te_batch_next_size_sum", "te_batch_next_size_count", "te_request_inference_duration_sum",
            "te_request_queue_duration_sum", "te_request_queue_duration_count", "te_request_duration_sum",
-           "te_request_duration_count")
+           "te_request_duration_count", "bge_engine_batch_size_sum", "bge_engine_batch_size_count",
+           "bge_engine_call_duration_sum")
 
 
 def server_figures(url: str) -> dict[str, float]:
@@ -286,13 +287,19 @@ def server_figures(url: str) -> dict[str, float]:
 
 
 def figures_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Engine calls, mean inputs per call, mean call / queue wait / request time (ms) in one scenario."""
+    """Engine calls, mean inputs per call, mean call / queue wait / request time (ms) in one scenario; with
+    an engine host, also its own (merged) calls: count, mean inputs and time (ms)."""
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in FIGURES}
     calls = max(d["te_batch_next_size_count"], 1.0)
-    return {"engine_calls": d["te_batch_next_size_count"], "inputs_per_call": d["te_batch_next_size_sum"] / calls,
-            "call_ms": 1000 * d["te_request_inference_duration_sum"] / calls,
-            "queue_ms": 1000 * d["te_request_queue_duration_sum"] / max(d["te_request_queue_duration_count"], 1.0),
-            "request_ms": 1000 * d["te_request_duration_sum"] / max(d["te_request_duration_count"], 1.0)}
+    found = {"engine_calls": d["te_batch_next_size_count"], "inputs_per_call": d["te_batch_next_size_sum"] / calls,
+             "call_ms": 1000 * d["te_request_inference_duration_sum"] / calls,
+             "queue_ms": 1000 * d["te_request_queue_duration_sum"] / max(d["te_request_queue_duration_count"], 1.0),
+             "request_ms": 1000 * d["te_request_duration_sum"] / max(d["te_request_duration_count"], 1.0)}
+    host_calls = d["bge_engine_batch_size_count"]
+    if host_calls:
+        found.update(host_calls=host_calls, inputs_per_host_call=d["bge_engine_batch_size_sum"] / host_calls,
+                     host_call_ms=1000 * d["bge_engine_call_duration_sum"] / host_calls)
+    return found
 
 
 def process_tree(pid: int) -> list[tuple[int, str, float]]:

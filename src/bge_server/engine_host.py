@@ -16,7 +16,7 @@ main thread alone reads and writes the sockets and merges the queued runs; the e
 Wire format: each message is a 4-byte big-endian length and a pickle.
 Requests: ``("run", call_id, model, key, items)`` (merged with other runs of the same model and key)
 and ``("call", call_id, model, method, args)`` (answered at once; tokenize, decode,
-describe). Replies: ``(call_id, ok, value_or_exception)``.
+describe, metrics). Replies: ``(call_id, ok, value_or_exception)``.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ import signal
 import socket
 import struct
 import threading
+import time
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bge_server.config import ServerConfig
+from bge_server.metrics import EngineMetrics, Metrics
 
 FRAME = struct.Struct("!I")
 
@@ -137,7 +139,6 @@ def name_process(name: str) -> None:
 
 def host_main(config: ServerConfig, path: str, ready: Any) -> None:
     """Entry point of the host process (spawned): load the models, then serve calls until the parent ends."""
-    from bge_server.metrics import Metrics
     from bge_server.models import ModelSet
 
     name_process("bge-engine")
@@ -153,13 +154,16 @@ def host_main(config: ServerConfig, path: str, ready: Any) -> None:
     listener.listen(256)
     parent = multiprocessing.parent_process()
     ready.send(("ready", [describe(m) for m in models.all()]))
-    serve_calls(listener, by_name, config.batch_items, stop=None if parent is None else parent.sentinel)
+    serve_calls(listener, by_name, config.batch_items, stop=None if parent is None else parent.sentinel,
+                metrics=EngineMetrics())
 
 
-def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None) -> None:
+def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None,
+                metrics: EngineMetrics | None = None) -> None:
     """The host's loop: accept server processes on `listener`, merge their runs, run up to
     `ENGINE_CALLS` engine calls at once on threads, answer other calls at once; return when `stop`
-    (a file descriptor, e.g. the parent process's sentinel) becomes readable.
+    (a file descriptor, e.g. the parent process's sentinel) becomes readable. Each engine call's size and
+    time go to `metrics`.
 
     Example:
         >>> serve_calls(listener, {"BAAI/bge-m3": served_model}, 512, stop=parent.sentinel)  # doctest: +SKIP
@@ -207,7 +211,7 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
                     if message[0] == "run":
                         pending.append((peer, message))
                     else:
-                        _answer_call(peer, message, by_name)
+                        _answer_call(peer, message, by_name, metrics)
             while True:  # replies of finished calls, sent by this thread (it owns the sockets)
                 try:
                     replies = finished.get_nowait()
@@ -218,7 +222,7 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
                     peer.send(data)
             while pending and free:
                 free -= 1
-                calls.submit(_run_group, _take_group(pending, max_items), by_name, finished, wake_writer)
+                calls.submit(_run_group, _take_group(pending, max_items), by_name, finished, wake_writer, metrics)
     finally:
         calls.shutdown(wait=False, cancel_futures=True)
         selector.close()
@@ -226,11 +230,14 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
         wake_writer.close()
 
 
-def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any]) -> None:
+def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any], metrics: EngineMetrics | None = None) -> None:
     _, call_id, name, method, args = message
     try:
         if method == "describe_all":
             peer.reply(call_id, True, [describe(m) for m in by_name.values()])
+            return
+        if method == "metrics":  # the host's own figures, for the /metrics of an HTTP process
+            peer.reply(call_id, True, b"" if metrics is None else metrics.render())
             return
         model = by_name[name]
         handle = model.embedder if model.kind == "embedding" else model.reranker
@@ -263,7 +270,7 @@ def _take_group(pending: collections.deque, max_items: int) -> list[tuple[_Peer,
 
 
 def _run_group(group: list[tuple[_Peer, Any]], by_name: dict[str, Any], finished: queue.SimpleQueue,
-               wake: socket.socket) -> None:
+               wake: socket.socket, metrics: EngineMetrics | None = None) -> None:
     """One engine call over a group's merged inputs (on an engine thread); each run's reply frame goes
     to `finished` for the main thread to send."""
     replies: list[tuple[_Peer, bytes]] = []
@@ -274,7 +281,11 @@ def _run_group(group: list[tuple[_Peer, Any]], by_name: dict[str, Any], finished
         try:
             if model is None:
                 raise KeyError(f"model {first[2]!r} is not loaded in the engine host")
+            started = time.perf_counter()
             results = model.run(first[3], items)
+            if metrics is not None:
+                metrics.call_duration.observe(time.perf_counter() - started)
+                metrics.batch_size.observe(len(items))
         except Exception as error:  # noqa: BLE001 - each server process retries its jobs alone (MicroBatcher)
             replies = [(peer, _reply_frame(message[1], False, error)) for peer, message in group]
             return

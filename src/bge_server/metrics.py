@@ -47,10 +47,36 @@ class Metrics:
                                multiprocess_mode="livesum")
         self.dropped = Counter("bge_dropped_jobs", "Jobs dropped because their client disconnected", registry=r)
 
+
     def render(self) -> bytes:
         """The text exposition format (the sum over every server process when there are several)."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
             return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+class EngineMetrics:
+    """The engine host's own figures (``--workers N``, ``--engine-process``): the calls that every server
+    process's calls were merged into — the batches the device sees, where ``te_batch_next_size`` counts one
+    HTTP process's calls. An HTTP process's /metrics appends them (`render`), so they exist only where an
+    engine host runs.
+
+    Example:
+        >>> metrics = EngineMetrics()
+        >>> metrics.batch_size.observe(64)
+        >>> b"bge_engine_batch_size_sum 64.0" in metrics.render()
+        True
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.batch_size = Histogram("bge_engine_batch_size", "Inputs per engine call of the engine host",
+                                    buckets=_SIZES, registry=self.registry)
+        self.call_duration = Histogram("bge_engine_call_duration", "Engine call time in the engine host, seconds",
+                                       buckets=_SECONDS, registry=self.registry)
+
+    def render(self) -> bytes:
+        """The text exposition format of this process's figures."""
         return generate_latest(self.registry)

@@ -73,5 +73,11 @@ async def health() -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
-    return Response(context(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    """Prometheus text format: this server's processes, and the engine host's calls where one runs the
+    models (`bge_engine_*`)."""
+    ctx = context(request)
+    text = ctx.metrics.render()
+    host = next((m.host for m in ctx.models.all() if m.host is not None), None)
+    if host is not None:
+        text += await host.call("", "metrics")
+    return Response(text, media_type="text/plain; version=0.0.4")

@@ -145,6 +145,10 @@ def test_several_server_processes_share_the_port_count_together_and_stop_with_0(
         got = np.asarray([a[0] for a in answers])
         assert cosines(got, dense.encode(texts).dense).min() >= 0.99999
         assert metric(running, "te_request_success_total") >= len(texts)
+        # the engine host's own calls: every text once, merged across both processes' calls
+        assert metric(running, "bge_engine_batch_size_sum") == len(texts)
+        calls = metric(running, "bge_engine_batch_size_count")
+        assert 1 <= calls <= len(texts) and metric(running, "bge_engine_call_duration_count") == calls
         children = _children(running.process.pid)
         assert len(children) == 3, children  # two HTTP processes and the engine host
     finally:

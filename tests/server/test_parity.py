@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import httpx
 import numpy as np
@@ -156,10 +157,17 @@ def test_info_health_metrics(server: Server, m3: Embedder) -> None:
     assert info["models"][2]["model_type"]["reranker"]
     for path in ("/health", "/ping"):
         assert httpx.get(server.url + path).status_code == 200
+    post(server, "/embed", {"inputs": TEXTS[:2]})
     metrics = httpx.get(server.url + "/metrics").text
     for name in ("te_request_count", "te_request_success", "te_request_duration", "te_batch_next_size",
                  "te_queue_size"):
         assert name in metrics
+    # the engine host's own calls, where one runs the models; none where the HTTP process runs them
+    with_host = "engine host process" in server.log()
+    for name in ("bge_engine_batch_size_count", "bge_engine_call_duration_count"):
+        counted = re.findall(rf"^{name} (\S+)$", metrics, re.MULTILINE)
+        assert len(counted) == (1 if with_host else 0), name
+        assert all(float(value) >= 1 for value in counted), name
     models = httpx.get(server.url + "/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["bge-m3", "bge-small", "reranker"]
 
