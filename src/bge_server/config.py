@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+
+
+def calls_from_env(variable: str, default: int) -> int:
+    """A number of calls at once, from environment variable `variable` (for measuring) or `default`.
+
+    Example:
+        >>> calls_from_env("BGE_SERVE_ENGINE_CALLS", 2)
+        2
+    """
+    value = os.environ.get(variable, str(default))
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"{variable} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
 
 #: TEI's `--payload-limit` default, in bytes.
 DEFAULT_PAYLOAD_LIMIT = 2_000_000

@@ -13,7 +13,7 @@ import numpy as np
 
 from bge_core import Embedder, Reranker
 from bge_server.batcher import MicroBatcher
-from bge_server.config import ServerConfig
+from bge_server.config import ServerConfig, calls_from_env
 from bge_server.errors import ApiError
 from bge_server.metrics import Metrics
 
@@ -195,8 +195,6 @@ class ModelSet:
             >>> ModelSet.remote(config, HostClient(path), Metrics()).embedding(None).embedder.dim
             1024
         """
-        from bge_server.engine_host import calls_from_env
-
         embedders, rerankers = [], []
         # Calls this process has at the host at once; BGE_SERVE_HTTP_CALLS overrides it (for measuring).
         in_flight = calls_from_env("BGE_SERVE_HTTP_CALLS", config.calls_in_flight)
