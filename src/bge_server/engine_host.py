@@ -49,23 +49,6 @@ FRAME = struct.Struct("!I")
 ENGINE_CALLS = calls_from_env("BGE_SERVE_ENGINE_CALLS", 2)
 
 
-def _seconds_from_env(variable: str) -> float:
-    value = os.environ.get(variable, "0")
-    try:
-        milliseconds = float(value)
-    except ValueError:
-        milliseconds = -1.0
-    if not 0 <= milliseconds < 10_000:
-        raise ValueError(f"{variable} must be a number of milliseconds from 0 to 10000, got {value!r}")
-    return milliseconds / 1000
-
-
-#: With a call running, the next one starts only once the running one has run this long, unless a full
-#: batch waits: runs that arrive meanwhile join it (fewer, larger engine calls). 0 (the default): at once.
-#: BGE_SERVE_OVERLAP_AFTER_MS sets it, for measuring.
-OVERLAP_AFTER_S = _seconds_from_env("BGE_SERVE_OVERLAP_AFTER_MS")
-
-
 def _frame(message: Any) -> bytes:
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return FRAME.pack(len(body)) + body
@@ -163,12 +146,11 @@ def host_main(config: ServerConfig, path: str, ready: Any) -> None:
 
 
 def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None,
-                metrics: EngineMetrics | None = None, overlap_after: float = OVERLAP_AFTER_S) -> None:
+                metrics: EngineMetrics | None = None) -> None:
     """The host's loop: accept server processes on `listener`, merge their runs, run up to
     `ENGINE_CALLS` engine calls at once on threads, answer other calls at once; return when `stop`
     (a file descriptor, e.g. the parent process's sentinel) becomes readable. Each engine call's size and
-    time go to `metrics`. While a call runs, the next starts only after `overlap_after` seconds (or when
-    `max_items` inputs wait).
+    time go to `metrics`.
 
     Example:
         >>> serve_calls(listener, {"BAAI/bge-m3": served_model}, 512, stop=parent.sentinel)  # doctest: +SKIP
@@ -185,11 +167,9 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
     calls = ThreadPoolExecutor(ENGINE_CALLS, thread_name_prefix="bge-engine-call")
     free = ENGINE_CALLS
     pending: collections.deque[tuple[_Peer, Any]] = collections.deque()
-    last_start = 0.0  # when the newest engine call started
-    wait: float | None = None  # until the next call may start (a call runs, runs wait, the batch is not full)
     try:
         while True:
-            for key, _ in selector.select(wait):
+            for key, _ in selector.select():
                 if key.data == "stop":
                     return
                 if key.data == "wake":
@@ -227,15 +207,8 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
                 free += 1
                 for peer, data in replies:
                     peer.send(data)
-            wait = None
             while pending and free:
-                if free < ENGINE_CALLS and overlap_after:
-                    wait = last_start + overlap_after - time.perf_counter()
-                    if wait > 0 and sum(len(message[4]) for _, message in pending) < max_items:
-                        break
-                    wait = None
                 free -= 1
-                last_start = time.perf_counter()
                 calls.submit(_run_group, _take_group(pending, max_items), by_name, finished, wake_writer, metrics)
     finally:
         calls.shutdown(wait=False, cancel_futures=True)
