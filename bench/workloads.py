@@ -2,7 +2,8 @@
 
 The shapes are those of the published models (weights change no FLOPs); the tokenizer is
 word-level so every word is exactly one token and token counts are known in advance.
-Lengths follow the anchor measurements: MS MARCO-like passages and long documents.
+Lengths follow the anchor measurements: MS MARCO-like passages and long documents. Torch is imported
+only to build a checkpoint: `bench/serve.py`'s load-generator processes import this module.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import math
 import os
 import random
-
-import torch
 
 VOCAB_WORDS = 50_000
 
@@ -57,6 +56,7 @@ def _xlmr_config(**extra: object):
 
 def build_m3(path: str) -> str:
     """bge-m3 architecture (XLM-R large, 8194 positions) + ColBERT and sparse heads, fp16 on disk."""
+    import torch
     from transformers import XLMRobertaModel
 
     if os.path.exists(os.path.join(path, "sparse_linear.pt")):
@@ -73,6 +73,7 @@ def build_m3(path: str) -> str:
 
 def build_cross_encoder(path: str) -> str:
     """bge-reranker-v2-m3 architecture: XLM-R large with one logit."""
+    import torch
     from transformers import XLMRobertaForSequenceClassification
 
     if os.path.exists(os.path.join(path, "config.json")):
@@ -87,6 +88,7 @@ def build_cross_encoder(path: str) -> str:
 
 def build_gemma_reranker(path: str) -> str:
     """bge-reranker-v2-gemma architecture: Gemma-2B causal LM, bf16."""
+    import torch
     from transformers import GemmaConfig, GemmaForCausalLM
 
     if os.path.exists(os.path.join(path, "config.json")):
@@ -106,6 +108,7 @@ def build_gemma_reranker(path: str) -> str:
 
 def build_small_dense(path: str) -> str:
     """bge-small-en-v1.5 architecture (BERT 12 x 384) for the CPU benchmark."""
+    import torch
     from transformers import BertConfig, BertModel
 
     if os.path.exists(os.path.join(path, "config.json")):
