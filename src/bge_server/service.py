@@ -45,8 +45,8 @@ class FastJSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        if orjson is not None:
-            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        if orjson is not None:  # `default` takes what orjson's numpy path does not (e.g. strided views)
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY, default=_plain)
         return json.dumps(content, default=_plain, separators=(",", ":")).encode()
 
 
@@ -101,7 +101,7 @@ def dense_matrix(rows: EmbedRows, dimensions: int | None, normalize: bool) -> np
     if dimensions is not None:
         if dimensions > matrix.shape[1]:
             raise ApiError("Validation", f"dimensions {dimensions} > the model's {matrix.shape[1]}")
-        matrix = matrix[:, :dimensions]
+        matrix = np.ascontiguousarray(matrix[:, :dimensions])  # the JSON writer takes contiguous arrays only
         if normalize:
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)
             matrix = matrix / np.maximum(norms, 1e-12)

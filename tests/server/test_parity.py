@@ -54,6 +54,10 @@ def test_prompt_name_and_dimensions(server: Server, dense: Embedder) -> None:
     assert_close(got, dense.encode_queries(["what is BGE?"]).dense)
     short = np.asarray(post(server, "/embed", {"inputs": TEXTS[:2], "dimensions": 8}).json())
     assert short.shape == (2, 8) and np.allclose(np.linalg.norm(short, axis=1), 1, atol=1e-5)
+    # without normalising, the first 8 components of the raw vectors as they are
+    raw = np.asarray(post(server, "/embed", {"inputs": TEXTS[:2], "model": "bge-small", "dimensions": 8,
+                                            "normalize": False}).json())
+    assert np.allclose(raw, Embedder(dense, normalize=False).encode(TEXTS[:2]).dense[:, :8], rtol=1e-4, atol=1e-5)
 
 
 def test_root_and_invocations_embed(server: Server, m3: Embedder) -> None:
