@@ -306,6 +306,7 @@ class HostClient:
         self._reader_task: asyncio.Task[None] | None = None
         self._blocking: socket.socket | None = None
         self._lock = threading.Lock()
+        self._gone = False  # the host closed the connection: every later call fails at once
 
     async def start(self) -> None:
         """Open the asynchronous channel (on the running event loop)."""
@@ -329,6 +330,8 @@ class HostClient:
         return await self._ask(("call", next(self._ids), model, method, (args, kwargs)))
 
     async def _ask(self, message: tuple) -> Any:
+        if self._gone:
+            raise RuntimeError("the engine host has stopped")
         if self._writer is None:
             raise RuntimeError("the engine host connection is not open")
         future = asyncio.get_running_loop().create_future()
@@ -351,6 +354,7 @@ class HostClient:
                     else:
                         future.set_exception(value)
         except (asyncio.IncompleteReadError, ConnectionError):
+            self._gone = True
             for future in self._waiting.values():
                 if not future.done():
                     future.set_exception(RuntimeError("the engine host has stopped"))

@@ -47,7 +47,6 @@ class Metrics:
                                multiprocess_mode="livesum")
         self.dropped = Counter("bge_dropped_jobs", "Jobs dropped because their client disconnected", registry=r)
 
-
     def render(self) -> bytes:
         """The text exposition format (the sum over every server process when there are several)."""
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

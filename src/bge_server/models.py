@@ -67,9 +67,9 @@ class EmbedRows:
         return self.count
 
     def __getitem__(self, part: slice) -> EmbedRows:
-        if not isinstance(part, slice):
-            raise TypeError("EmbedRows are sliced (rows[a:b]); iterate them for single rows")
-        start, stop, _ = part.indices(self.count)
+        start, stop, step = part.indices(self.count) if isinstance(part, slice) else (0, 0, 0)
+        if step != 1:
+            raise TypeError("EmbedRows are sliced in order (rows[a:b]); iterate them for single rows")
         cut = lambda column: None if column is None else column[start:stop]  # noqa: E731
         return EmbedRows(max(stop - start, 0), cut(self.dense), cut(self.sparse), cut(self.colbert),
                          cut(self.tokens))

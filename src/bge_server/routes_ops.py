@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -79,5 +80,6 @@ async def metrics(request: Request) -> Response:
     text = ctx.metrics.render()
     host = next((m.host for m in ctx.models.all() if m.host is not None), None)
     if host is not None:
-        text += await host.call("", "metrics")
+        with contextlib.suppress(RuntimeError):  # an engine host that has stopped: this process's figures
+            text += await host.call("", "metrics")
     return Response(text, media_type="text/plain; version=0.0.4")

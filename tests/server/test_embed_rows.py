@@ -6,6 +6,7 @@ import asyncio
 import pickle
 
 import numpy as np
+import pytest
 
 from bge_server.batcher import MicroBatcher
 from bge_server.models import EmbedRow, EmbedRows
@@ -36,6 +37,9 @@ def test_slices_iterate_and_join_back_to_the_same_rows() -> None:
     parts = [rows[0:3], rows[3:3], rows[3:7]]
     assert [len(p) for p in parts] == [3, 0, 4]
     assert owners(parts[2]) == [3, 4, 5, 6]
+    for wrong in (2, slice(None, None, 2)):
+        with pytest.raises(TypeError, match="sliced in order"):
+            rows[wrong]
     joined = EmbedRows.join(parts)
     assert len(joined) == 7 and owners(joined) == list(range(7))
     assert joined.dense.shape == (7, 4)

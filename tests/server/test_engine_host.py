@@ -109,3 +109,28 @@ def test_replies_larger_than_the_socket_buffer_arrive_whole(host):
     big = [f"{i:04d}" + "x" * 60_000 for i in range(200)]
     results = _run(path, [(("k",), big), (("other",), ["small"])])
     assert results == [[item + "!" for item in big], ["small!"]]
+
+
+def test_calls_after_the_host_has_gone_fail_at_once(tmp_path):
+    """A server process whose engine host closed the connection gets an error for each later call, not
+    a wait that never ends."""
+    path = os.path.join(tmp_path, "engine.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    async def main() -> list[Any]:
+        client = HostClient(path)
+        await client.start()
+        conn, _ = listener.accept()
+        conn.close()  # the host goes
+        await asyncio.sleep(0.2)  # the client has read the end of the stream
+        try:
+            calls = (client.run("m", ("k",), ["x"]), client.call("m", "tokenize", ["x"]))
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 5)
+        finally:
+            await client.stop()
+
+    errors = asyncio.run(main())
+    listener.close()
+    assert all(isinstance(e, RuntimeError) and "stopped" in str(e) for e in errors), errors
