@@ -199,4 +199,3 @@ def _user_inputs(texts: str | Sequence[str], max_length: int | None) -> tuple[li
     if max_length is not None:
         items = [cut(t, max_length) for t in items]
     return items, {"truncation": True, "max_length": max_length} if max_length else {}
-

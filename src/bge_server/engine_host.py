@@ -306,7 +306,6 @@ class HostClient:
         self._reader_task: asyncio.Task[None] | None = None
         self._blocking: socket.socket | None = None
         self._lock = threading.Lock()
-        self._gone = False  # the host closed the connection: every later call fails at once
 
     async def start(self) -> None:
         """Open the asynchronous channel (on the running event loop)."""
@@ -330,10 +329,10 @@ class HostClient:
         return await self._ask(("call", next(self._ids), model, method, (args, kwargs)))
 
     async def _ask(self, message: tuple) -> Any:
-        if self._gone:
-            raise RuntimeError("the engine host has stopped")
-        if self._writer is None:
+        if self._writer is None or self._reader_task is None:
             raise RuntimeError("the engine host connection is not open")
+        if self._reader_task.done():  # the host closed the connection: no answer would ever come
+            raise RuntimeError("the engine host has stopped")
         future = asyncio.get_running_loop().create_future()
         self._waiting[message[1]] = future
         self._writer.write(_frame(message))
@@ -354,7 +353,6 @@ class HostClient:
                     else:
                         future.set_exception(value)
         except (asyncio.IncompleteReadError, ConnectionError):
-            self._gone = True
             for future in self._waiting.values():
                 if not future.done():
                     future.set_exception(RuntimeError("the engine host has stopped"))

@@ -66,32 +66,34 @@ class EmbedRows:
     def __len__(self) -> int:
         return self.count
 
+    def columns(self) -> list[Any]:
+        """The outputs in `EmbedRow`'s order (None for one not asked for)."""
+        return [getattr(self, name) for name in EmbedRow._fields]
+
     def __getitem__(self, part: slice) -> EmbedRows:
         start, stop, step = part.indices(self.count) if isinstance(part, slice) else (0, 0, 0)
         if step != 1:
             raise TypeError("EmbedRows are sliced in order (rows[a:b]); iterate them for single rows")
-        cut = lambda column: None if column is None else column[start:stop]  # noqa: E731
-        return EmbedRows(max(stop - start, 0), cut(self.dense), cut(self.sparse), cut(self.colbert),
-                         cut(self.tokens))
+        return EmbedRows(max(stop - start, 0),
+                         *(None if column is None else column[start:stop] for column in self.columns()))
 
     def __iter__(self) -> Iterator[EmbedRow]:
+        columns = self.columns()
         for i in range(self.count):
-            yield EmbedRow(*(None if column is None else column[i]
-                             for column in (self.dense, self.sparse, self.colbert, self.tokens)))
+            yield EmbedRow(*(None if column is None else column[i] for column in columns))
 
     @classmethod
     def join(cls, parts: list[EmbedRows]) -> EmbedRows:
         """The rows of `parts`, in order (the pieces of a request that was split across engine calls)."""
 
-        def joined(columns: list[Any]) -> Any:
-            if columns[0] is None:
+        def joined(pieces: tuple[Any, ...]) -> Any:
+            if pieces[0] is None:
                 return None
-            if isinstance(columns[0], np.ndarray):
-                return np.concatenate(columns)
-            return [value for column in columns for value in column]
+            if isinstance(pieces[0], np.ndarray):
+                return np.concatenate(pieces)
+            return [value for piece in pieces for value in piece]
 
-        return cls(sum(p.count for p in parts), *(joined([getattr(p, name) for p in parts])
-                                                   for name in ("dense", "sparse", "colbert", "tokens")))
+        return cls(sum(p.count for p in parts), *map(joined, zip(*(p.columns() for p in parts))))
 
 
 @dataclass

@@ -101,7 +101,7 @@ def dense_matrix(rows: EmbedRows, dimensions: int | None, normalize: bool) -> np
     if dimensions is not None:
         if dimensions > matrix.shape[1]:
             raise ApiError("Validation", f"dimensions {dimensions} > the model's {matrix.shape[1]}")
-        matrix = np.ascontiguousarray(matrix[:, :dimensions])  # the JSON writer takes contiguous arrays only
+        matrix = np.ascontiguousarray(matrix[:, :dimensions])  # orjson writes it directly, not through lists
         if normalize:
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)
             matrix = matrix / np.maximum(norms, 1e-12)
