@@ -11,8 +11,9 @@
     python bench/probe_gpu.py hostprof   # cProfile of Embedder.encode on 1 and 64 short queries
     python bench/probe_gpu.py calls      # an engine call of k merged short queries (a loaded server's), by stage
     python bench/probe_gpu.py shortattn  # attention of short packed sequences: flash, memory-efficient, ours
-    python bench/probe_gpu.py shortab    # throughput with the short-attention kernel on and off
+    python bench/probe_gpu.py tiledab    # throughput with the tiled attention kernel on and off
     python bench/probe_gpu.py timeline   # a query's wall time by stage, from timestamps (no profiler)
+    python bench/probe_gpu.py longattn   # attention past 128 tokens: flash against a Triton kernel at several tiles
     python bench/probe_gpu.py gemm       # the encoder's GEMMs at packed token counts, aligned to 128 or not
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
@@ -112,21 +113,16 @@ def profiled(name, fn):
 
 
 def our_attention(q, k, v, cu, longest, tiles):
-    """Our tiled attention kernel (bge_core/engine/short_attention.py) launched with other tiles than the
-    engine's (rows, keys, warps, pipeline stages): whether it could serve sequences longer than 128 tokens."""
-    import triton
-
-    from bge_core.engine.short_attention import _short_attention_kernel
-
-    block_m, block_n, warps, stages = tiles
+    """Our tiled attention kernel (bge_core/engine/tiled_attention.py) at other tiles than the engine's
+    (rows, keys, warps, pipeline stages)."""
+    import bge_core.engine.tiled_attention as S
 
     def fn():
-        out = torch.empty_like(q)
-        _short_attention_kernel[(cu.shape[0] - 1, q.shape[1], triton.cdiv(longest, block_m))](
-            q, k, v, out, cu, q.stride(0), k.stride(0), v.stride(0), out.stride(0), longest,
-            q.shape[2] ** -0.5 * 1.4426950408889634, HEAD_DIM=q.shape[2], BLOCK_M=block_m, BLOCK_N=block_n,
-            num_warps=warps, num_stages=stages)
-        return out
+        default, S.TILES = S.TILES, tiles
+        try:
+            return S.tiled_attention(q, k, v, cu, longest)
+        finally:
+            S.TILES = default
     return fn
 
 
@@ -643,7 +639,7 @@ def short_attention_kernels():
     difference from flash."""
     import numpy as np
 
-    import bge_core.engine.short_attention as S
+    import bge_core.engine.tiled_attention as S
 
     torch.manual_seed(0)
     heads, dim = 16, 64
@@ -684,13 +680,13 @@ def short_attention_kernels():
             row["efficient max diff"] = float((efficient()[:real].float() - reference).abs().max())
         except Exception as error:  # noqa: BLE001 - a probe reports what fails
             row["efficient"] = f"{type(error).__name__}: {str(error)[:120]}"
-        for tiles in ((16, 16, 1), (32, 32, 1), (32, 32, 2), (32, 32, 4), (16, 64, 1), (64, 64, 4), (64, 32, 4)):
+        for tiles in ((32, 32, 2, 3), (64, 64, 4, 3), (64, 32, 4, 2), (64, 32, 4, 3)):
             S.TILES = tiles
             label = "x".join(map(str, tiles))
             try:
-                row[f"ours {label} us"] = round(graph_ms(lambda: S.short_attention(q, k, v, cu, span)) * 1e3, 2)
+                row[f"ours {label} us"] = round(graph_ms(lambda: S.tiled_attention(q, k, v, cu, span)) * 1e3, 2)
                 row[f"ours {label} max diff"] = float(
-                    (S.short_attention(q, k, v, cu, span)[:real].float() - reference).abs().max())
+                    (S.tiled_attention(q, k, v, cu, span)[:real].float() - reference).abs().max())
             except Exception as error:  # noqa: BLE001
                 row[f"ours {label}"] = f"{type(error).__name__}: {str(error)[:120]}"
         S.TILES = default
@@ -716,12 +712,12 @@ def gemm_alignment():
         say(f"gemm TFLOP/s at {tokens} tokens", row)
 
 
-def short_attention_ab():
-    """Throughput with the one-tile attention kernel on and off in one process (BGE_CORE_SHORT_ATTENTION,
+def tiled_attention_ab():
+    """Throughput with the tiled attention kernel on and off in one process (BGE_CORE_TILED_ATTENTION,
     read at every eager batch; median of 3 calls each, alternating): bge-m3 passages (dense, all three),
-    20,000 short queries (dense) and reranker-v2-m3 pairs, bf16."""
+    long documents (all three), 20,000 short queries (dense) and reranker-v2-m3 pairs, bf16."""
     from bge_core import Embedder, Reranker
-    from bge_core.engine.short_attention import ENV
+    from bge_core.engine.tiled_attention import ENV
 
     emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="bf16", reuse_outputs=False)
     queries = W.corpus(20_000, 4, 40, 10, 0.4, 7)
@@ -730,6 +726,9 @@ def short_attention_ab():
             "passages all3": (lambda: emb.encode(passages, sparse=True, colbert=True),
                               W.words(passages) + 2 * len(passages)),
             "queries dense": (lambda: emb.encode(queries), W.words(queries) + 2 * len(queries))}
+    documents = W.long_documents()
+    work["long all3"] = (lambda: emb.encode(documents, max_length=8192, sparse=True, colbert=True),
+                         W.words(documents) + 2 * len(documents))
     rer = Reranker(W.build_cross_encoder(f"{CK}/reranker"), device="cuda:0", dtype="bf16")
     pairs = W.rerank_pairs()
     work["rerank pairs"] = (lambda: rer.score(pairs), sum(len(q.split()) + len(p.split()) + 4 for q, p in pairs))
@@ -745,7 +744,7 @@ def short_attention_ab():
                 times[flag].append(time.perf_counter() - start)
         os.environ.pop(ENV)
         off, on = (sorted(times[f])[1] for f in ("0", "1"))
-        say(f"shortab {name}", {"flash s": round(off, 3), "ours s": round(on, 3), "flash tok/s": round(tokens / off),
+        say(f"tiledab {name}", {"flash s": round(off, 3), "ours s": round(on, 3), "flash tok/s": round(tokens / off),
                                 "ours tok/s": round(tokens / on), "speed-up": round(off / on, 3)})
 
 
@@ -805,11 +804,56 @@ def query_timeline():
     say("timeline us p50", dict(zip(names, (round(float(x) * 1e6, 1) for x in np.median(np.array(rows), axis=0)))))
 
 
+def long_attention_kernels():
+    """Varlen attention of sequences past 128 tokens (16 heads × 64, bf16, q/k/v as views of one packed
+    QKV GEMM output): PyTorch's flash kernel against our tiled kernel at several tiles (rows x keys x
+    warps x stages); TFLOP/s and the largest difference from flash and from float32."""
+    import random
+
+    rng = random.Random(0)
+    shapes = {"long 8 docs": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
+              "long 8 docs b": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
+              "passages 600": [min(510, max(8, int(rng.lognormvariate(4.5, 0.6)))) + 2 for _ in range(600)],
+              "passages 200-512": [rng.randint(200, 512) for _ in range(200)]}
+    tilings = ((64, 32, 4, 3), (64, 32, 4, 2), (64, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3),
+               (32, 32, 2, 3), (64, 16, 4, 3))
+    for name, lengths in shapes.items():
+        total = sum(lengths)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        qkv = torch.randn(total, 3, 16, 64, device="cuda", dtype=torch.bfloat16)
+        q, k, v = qkv.unbind(1)
+        longest = max(lengths)
+        flops = sum(4 * n * n * 64 * 16 for n in lengths)
+
+        def flash():
+            return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, longest, longest, 0.0, False, False)[0]
+
+        ref = flash().float()
+        exact = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            *(x[s:e].transpose(0, 1).float()[None] for x in (q, k, v)))[0].transpose(0, 1)
+            for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
+        ms = gpu_ms(flash)
+        row = {"tokens": total, "longest": longest, "flash ms": round(ms, 4),
+               "flash tflops": round(flops / ms / 1e9, 1), "flash max diff fp32": float((ref - exact).abs().max())}
+        for tiles in tilings:
+            label = "x".join(map(str, tiles))
+            try:
+                fn = our_attention(q, k, v, cu, longest, tiles)
+                got = fn().float()
+                ms = gpu_ms(fn)
+                row[label] = dict(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 1),
+                                  diff_flash=float((got - ref).abs().max()), diff_fp32=float((got - exact).abs().max()))
+            except Exception as error:  # noqa: BLE001 - a probe reports what fails
+                row[label] = f"{type(error).__name__}: {str(error)[:160]}"
+        say(f"longattn {name}", row)
+
+
 SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end, "host": host_breakdown,
             "epilogue": gelu_epilogue, "compile": compile_gain, "query": query_latency, "evalenc": eval_encoding,
             "calls": merged_calls, "hostprof": host_profile,
             "shortattn": short_attention_kernels, "gemm": gemm_alignment,
-            "shortab": short_attention_ab, "timeline": query_timeline}
+            "tiledab": tiled_attention_ab, "timeline": query_timeline,
+            "longattn": long_attention_kernels}
 
 
 def main():

@@ -397,24 +397,25 @@ def test_a_one_shot_gpu_job_never_imports_transformers_models(gpu_checkpoints, p
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
-def test_short_attention_kernel_is_as_accurate_as_flash(dtype, head_dim):
+def test_tiled_attention_kernel_is_as_accurate_as_flash(dtype, head_dim):
     """On the packed layouts the engine makes (sequences of 1–128 tokens, a graph's filler longer than
-    the longest sequence, empty sequences; q, k and v as views of one QKV projection) the one-tile
-    kernel is as close to float32 attention as the flash kernel is, within a few rounding steps of
-    flash, and the same from call to call."""
-    from bge_core.engine.short_attention import short_attention
+    the longest sequence, empty sequences; passages up to 512 tokens and documents up to 8,192; q, k
+    and v as views of one QKV projection) the tiled kernel is as close to float32 attention as the
+    flash kernel is, within a few rounding steps of flash, and the same from call to call."""
+    from bge_core.engine.tiled_attention import tiled_attention
 
     torch.manual_seed(0)
     heads = 8
     step = float(torch.finfo(dtype).eps)
     for lengths, filler, longest in [([16], 16, 16), ([5, 1, 12, 3], 43, 12), ([128, 7], 300, 128),
-                                     ([11] * 64, 242, 11), ([9, 0, 30], 0, 30), ([100, 65, 128, 77], 0, 128)]:
+                                     ([11] * 64, 242, 11), ([9, 0, 30], 0, 30), ([100, 65, 128, 77], 0, 128),
+                                     ([129, 300, 512, 33, 257], 0, 512), ([8190, 513, 2049], 0, 8190)]:
         sizes = [*lengths, filler, 0, 0]
         cu = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int32, device="cuda")
         tokens = int(cu[-1])
         qkv = torch.randn(tokens + 5, 3, heads, head_dim, device="cuda", dtype=dtype)  # 5 rows in no sequence
         q, k, v = qkv.unbind(1)
-        ours, again = short_attention(q, k, v, cu, longest), short_attention(q, k, v, cu, longest)
+        ours, again = tiled_attention(q, k, v, cu, longest), tiled_attention(q, k, v, cu, longest)
         flash = torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, longest, longest, 0.0, False, False)[0]
         assert ours.shape == flash.shape and ours.dtype == dtype
         for start, n in zip(cu.tolist(), lengths):
@@ -429,26 +430,56 @@ def test_short_attention_kernel_is_as_accurate_as_flash(dtype, head_dim):
             assert torch.equal(ours[start:start + n], again[start:start + n])
 
 
-def test_short_attention_runs_in_warmed_graphs_and_matches_flash(gpu_checkpoints, parity_texts, monkeypatch):
-    """After a warm-up, queries (one; twenty merged) replay graphs captured with the one-tile kernel; their
-    vectors equal those of graphs captured with the flash kernel (BGE_CORE_SHORT_ATTENTION=0) to
+def test_tiled_attention_runs_in_warmed_graphs_and_matches_flash(gpu_checkpoints, parity_texts, monkeypatch):
+    """After a warm-up, queries (one; twenty merged) replay graphs captured with the tiled kernel; their
+    vectors equal those of graphs captured with the flash kernel (BGE_CORE_TILED_ATTENTION=0) to
     half-precision rounding."""
-    from bge_core.engine import short_attention
+    from bge_core.engine import tiled_attention
 
     texts = [t[:60] for t in parity_texts[:20]]
     calls = []
-    real = short_attention.short_attention
-    monkeypatch.setattr("bge_core.engine.attention.short_attention",
+    real = tiled_attention.tiled_attention
+    monkeypatch.setattr("bge_core.engine.attention.tiled_attention",
                         lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     ours = Embedder(gpu_checkpoints["m3"], device="cuda", dtype="fp16", reuse_outputs=False)
     engine = ours.loaded.engine
     engine.graphs.graphs.clear()  # the model may have been warmed up by an earlier test: capture anew
     mine = [ours.encode(texts[:1]).dense, ours.encode(texts).dense]
-    assert calls, "no graph was captured with the one-tile kernel"
-    monkeypatch.setenv(short_attention.ENV, "0")
+    assert calls, "no graph was captured with the tiled kernel"
+    monkeypatch.setenv(tiled_attention.ENV, "0")
     engine.graphs.graphs.clear()
     calls.clear()
     flash = [ours.encode(texts[:1]).dense, ours.encode(texts).dense]
     assert not calls
     for a, b in zip(mine, flash):
         assert row_cosines(a, b).min() >= 0.9999
+
+
+def test_tiled_attention_runs_large_eager_batches_of_long_texts_and_matches_flash(gpu_checkpoints, parity_texts,
+                                                                                  monkeypatch):
+    """A warmed model runs an eager batch of ≥ EAGER_TOKENS tokens whose texts are up to several hundred
+    tokens long with the tiled kernel; its dense, sparse and ColBERT outputs equal those of the flash
+    kernel (BGE_CORE_TILED_ATTENTION=0) to half-precision rounding."""
+    from bge_core.engine import tiled_attention
+
+    words = " ".join(parity_texts).split()
+    texts = [" ".join((words * 2)[i : i + 150 + 7 * i]) for i in range(48)]
+    longest = []
+    real = tiled_attention.tiled_attention
+    monkeypatch.setattr("bge_core.engine.attention.tiled_attention",
+                        lambda *a, **k: longest.append(a[4]) or real(*a, **k))
+    model = Embedder(gpu_checkpoints["m3"], device="cuda", dtype="fp16", reuse_outputs=False)
+    with graphs_off(model):
+        ours = model.encode(texts, sparse=True, colbert=True)
+        assert longest and max(longest) > 128, "the batch did not run the tiled kernel on long texts"
+        assert model.loaded.engine.tokens_forwarded >= tiled_attention.EAGER_TOKENS
+        monkeypatch.setenv(tiled_attention.ENV, "0")
+        longest.clear()
+        flash = model.encode(texts, sparse=True, colbert=True)
+        assert not longest
+    assert row_cosines(ours.dense, flash.dense).min() >= 0.9999
+    for a, b in zip(ours.colbert_vectors, flash.colbert_vectors):
+        assert a.shape == b.shape and row_cosines(a, b).min() >= 0.999
+    for a, b in zip(ours.lexical_weights, flash.lexical_weights):
+        assert {t for t, w in a.items() if w > 1e-2} <= set(b)
+        assert max(abs(w - b.get(t, 0.0)) for t, w in a.items()) <= 2e-3

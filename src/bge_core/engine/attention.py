@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from bge_core.engine.short_attention import kernel_failed, short_attention, short_attention_fits
+from bge_core.engine.tiled_attention import kernel_failed, tiled_attention, tiled_attention_fits
 from bge_core.models.compiled import compiling_allowed
 
 IMPLEMENTATION = "bge_varlen"
@@ -23,14 +23,14 @@ IMPLEMENTATION = "bge_varlen"
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu: torch.Tensor, max_len: int, causal: bool,
                   scale: float | None) -> torch.Tensor:
     """[T, H, D] packed attention with PyTorch's own varlen flash kernel (no flash-attn package), or,
-    once kernels may be compiled, our tiled kernel where every sequence is ≤ 128 tokens
-    (engine/short_attention.py: 2.5× less attention time for a 16-token query on an H200).
+    once kernels may be compiled, our tiled kernel (engine/tiled_attention.py; on an H200, 2.5× less
+    attention time for a 16-token query, 2× for passages, 1.4× for long documents).
 
     Off CUDA (tests of the packed path on CPU) each sequence runs through SDPA in turn.
     """
-    if q.is_cuda and compiling_allowed() and short_attention_fits(q, k, max_len, causal):
+    if q.is_cuda and compiling_allowed() and tiled_attention_fits(q, k, max_len, causal):
         try:
-            return short_attention(q, k, v, cu, max_len, scale)
+            return tiled_attention(q, k, v, cu, max_len, scale)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:  # noqa: BLE001 - Triton cannot build or run it here: flash does the same

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bge_core.engine.packing import host_layout
-from bge_core.engine.short_attention import for_graph
+from bge_core.engine.tiled_attention import for_graph
 from bge_core.families.base import Family, PackedBatch
 
 log = logging.getLogger(__name__)

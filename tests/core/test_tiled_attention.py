@@ -1,32 +1,33 @@
-"""Where the one-tile attention kernel is used (engine/short_attention.py); its outputs are checked
+"""Where the tiled attention kernel is used (engine/tiled_attention.py); its outputs are checked
 against the flash kernel on a GPU (tests/gpu)."""
 
 from __future__ import annotations
 
 import torch
 
-from bge_core.engine import attention, short_attention
-from bge_core.engine.short_attention import short_attention_fits
+from bge_core.engine import attention, tiled_attention
+from bge_core.engine.tiled_attention import tiled_attention_fits
 
 
-def test_not_taken_off_cuda_for_long_sequences_or_when_switched_off(monkeypatch):
+def test_taken_on_cuda_for_graphs_and_large_batches_of_any_length_unless_switched_off(monkeypatch):
     q = torch.zeros(4, 2, 64, dtype=torch.float16)
-    assert not short_attention_fits(q, q, 16, causal=False)  # CPU tensors
+    assert not tiled_attention_fits(q, q, 16, causal=False)  # CPU tensors
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-    monkeypatch.setattr(short_attention, "triton", object())
-    assert not short_attention_fits(q, q, 16, causal=False)  # a small eager batch: launches cost more
-    big = torch.zeros(short_attention.EAGER_TOKENS, 2, 64, dtype=torch.float16)
-    assert short_attention_fits(big, big, 16, causal=False)
-    with short_attention.for_graph():
-        assert short_attention_fits(q, q, 16, causal=False)  # a forward for a graph
-    assert not short_attention_fits(q, q, 16, causal=False)
-    assert not short_attention_fits(q, q, 129, causal=False)
-    assert not short_attention_fits(q, q, 16, causal=True)
-    assert not short_attention_fits(q.float(), q.float(), 16, causal=False)
-    assert not short_attention_fits(q, q[:, :1], 16, causal=False)  # grouped-query attention
-    assert not short_attention_fits(torch.zeros(4, 2, 48, dtype=torch.float16), q, 16, causal=False)
-    monkeypatch.setenv(short_attention.ENV, "0")
-    assert not short_attention_fits(q, q, 16, causal=False)
+    monkeypatch.setattr(tiled_attention, "triton", object())
+    assert not tiled_attention_fits(q, q, 16, causal=False)  # a small eager batch: launches cost more
+    big = torch.zeros(tiled_attention.EAGER_TOKENS, 2, 64, dtype=torch.float16)
+    assert tiled_attention_fits(big, big, 16, causal=False)
+    with tiled_attention.for_graph():
+        assert tiled_attention_fits(q, q, 16, causal=False)  # a forward for a graph
+    assert not tiled_attention_fits(q, q, 16, causal=False)
+    assert tiled_attention_fits(big, big, 8190, causal=False)  # long documents too
+    assert not tiled_attention_fits(big, big, 0, causal=False)
+    assert not tiled_attention_fits(q, q, 16, causal=True)
+    assert not tiled_attention_fits(q.float(), q.float(), 16, causal=False)
+    assert not tiled_attention_fits(q, q[:, :1], 16, causal=False)  # grouped-query attention
+    assert not tiled_attention_fits(torch.zeros(4, 2, 48, dtype=torch.float16), q, 16, causal=False)
+    monkeypatch.setenv(tiled_attention.ENV, "0")
+    assert not tiled_attention_fits(q, q, 16, causal=False)
 
 
 def test_packed_attention_keeps_sdpa_on_cpu_whatever_the_lengths():
@@ -48,25 +49,25 @@ def test_a_kernel_that_cannot_be_built_falls_back_to_flash_for_good(monkeypatch)
         raise RuntimeError("no compiler here")
 
     flash_out = torch.ones(8, 2, 64)
-    monkeypatch.setattr(short_attention, "_failed", False)
-    monkeypatch.setattr(attention, "short_attention", broken)
+    monkeypatch.setattr(tiled_attention, "_failed", False)
+    monkeypatch.setattr(attention, "tiled_attention", broken)
     monkeypatch.setattr(attention, "compiling_allowed", lambda: True)
-    monkeypatch.setattr(attention, "short_attention_fits", lambda *a: not short_attention._failed)
+    monkeypatch.setattr(attention, "tiled_attention_fits", lambda *a: not tiled_attention._failed)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward", lambda *a, **k: (flash_out,), raising=False)
     q = torch.zeros(8, 2, 64, dtype=torch.float16)
     cu = torch.tensor([0, 8], dtype=torch.int32)
     assert attention.packed_attention(q, q, q, cu, 8, False, None) is flash_out
     assert attention.packed_attention(q, q, q, cu, 8, False, None) is flash_out
-    assert calls == [1] and short_attention._failed
+    assert calls == [1] and tiled_attention._failed
 
 
 def test_not_used_before_kernels_may_be_compiled(monkeypatch):
     """A one-shot job (no warm-up) keeps flash: the kernel would be built in the middle of its call."""
     calls = []
     flash_out = torch.ones(8, 2, 64)
-    monkeypatch.setattr(attention, "short_attention", lambda *a, **k: calls.append(1))
-    monkeypatch.setattr(attention, "short_attention_fits", lambda *a: True)
+    monkeypatch.setattr(attention, "tiled_attention", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(attention, "tiled_attention_fits", lambda *a: True)
     monkeypatch.setattr(attention, "compiling_allowed", lambda: False)
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     monkeypatch.setattr(torch.ops.aten, "_flash_attention_forward", lambda *a, **k: (flash_out,), raising=False)
