@@ -14,6 +14,7 @@
     python bench/probe_gpu.py tiledab    # throughput with the tiled attention kernel on and off
     python bench/probe_gpu.py timeline   # a query's wall time by stage, from timestamps (no profiler)
     python bench/probe_gpu.py longattn   # attention past 128 tokens: flash against a Triton kernel at several tiles
+    python bench/probe_gpu.py eagercost  # small eager batches with the tiled kernel or flash; a long-documents profile
     python bench/probe_gpu.py gemm       # the encoder's GEMMs at packed token counts, aligned to 128 or not
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
@@ -815,8 +816,7 @@ def long_attention_kernels():
               "long 8 docs b": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
               "passages 600": [min(510, max(8, int(rng.lognormvariate(4.5, 0.6)))) + 2 for _ in range(600)],
               "passages 200-512": [rng.randint(200, 512) for _ in range(200)]}
-    tilings = ((64, 32, 4, 3), (64, 32, 4, 2), (64, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 4, 3),
-               (32, 32, 2, 3), (64, 16, 4, 3))
+    tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3))
     for name, lengths in shapes.items():
         total = sum(lengths)
         cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
@@ -845,7 +845,48 @@ def long_attention_kernels():
                                   diff_flash=float((got - ref).abs().max()), diff_fp32=float((got - exact).abs().max()))
             except Exception as error:  # noqa: BLE001 - a probe reports what fails
                 row[label] = f"{type(error).__name__}: {str(error)[:160]}"
+        for tiles in ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3)):
+            label = "tma " + "x".join(map(str, tiles))
+            try:
+                from attention_variants import tma_attention
+
+                def fn(tiles=tiles):
+                    return tma_attention(q, k, v, cu, longest, tiles)
+                got = fn().float()
+                ms = gpu_ms(fn)
+                row[label] = dict(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 1),
+                                  diff_flash=float((got - ref).abs().max()), diff_fp32=float((got - exact).abs().max()))
+            except Exception as error:  # noqa: BLE001 - a probe reports what fails
+                row[label] = f"{type(error).__name__}: {str(error)[:300]}"
         say(f"longattn {name}", row)
+
+
+def eager_tiled_cost():
+    """Whether small eager batches (more than a graph's 64 sequences, under `EAGER_TOKENS` tokens) should
+    take the tiled kernel too: p50 ms of an engine call with the kernel from 0 tokens up against flash
+    below 8,192 (bge-m3 shape, bf16, warmed up); then where a long-documents call's GPU time goes."""
+    import bge_core.engine.tiled_attention as S
+    from bge_core import Embedder
+
+    emb = Embedder(W.build_m3(f"{CK}/m3"), device="cuda:0", dtype="bf16", reuse_outputs=False)
+    queries = W.corpus(4096, 4, 40, 10, 0.4, 11)
+    passages = W.passages(400)
+    work = {f"{k} queries": queries[:k] for k in (65, 128, 256, 512)}
+    work.update({f"{k} passages": passages[:k] for k in (16, 40, 64)})
+    default = S.EAGER_TOKENS
+    for name, texts in work.items():
+        row = {}
+        for threshold in (default, 0, default, 0):
+            S.EAGER_TOKENS = threshold
+            for _ in range(5):
+                emb.encode(texts)
+            times = timed_calls(lambda: (emb.encode(texts), torch.cuda.synchronize()), 60)
+            row[f"from {threshold} tokens ms"] = round(times[len(times) // 2] * 1e3, 3)
+        S.EAGER_TOKENS = default
+        say(f"eager {name}", row)
+    documents = W.long_documents(60)
+    emb.encode(documents, max_length=8192, sparse=True, colbert=True)
+    profiled("long-all3", lambda: emb.encode(documents, max_length=8192, sparse=True, colbert=True))
 
 
 SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end, "host": host_breakdown,
@@ -853,7 +894,7 @@ SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end
             "calls": merged_calls, "hostprof": host_profile,
             "shortattn": short_attention_kernels, "gemm": gemm_alignment,
             "tiledab": tiled_attention_ab, "timeline": query_timeline,
-            "longattn": long_attention_kernels}
+            "longattn": long_attention_kernels, "eagercost": eager_tiled_cost}
 
 
 def main():
