@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -34,11 +36,21 @@ try:
     import triton.language as tl
 except ImportError:  # a CPU-only PyTorch: the module imports, the kernel does not exist
     triton = None
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # no Triton, or one without host-made tensor descriptors: keys and values by pointers
+    TensorDescriptor = None
 
 #: Query rows a program takes, keys a step, warps a program, pipeline stages of the key loop: the fastest
 #: of seven tilings from one query to 4,000 (bench/probe_gpu.py shortattn) and of ten on passages and long
 #: documents (`longattn`), one H200; within 2% of the fastest wherever another won.
 TILES = (64, 32, 4, 3)
+#: Tiles where the longest sequence exceeds `TMA_FROM` tokens on a GPU with TMA (Hopper's tensor memory
+#: accelerator, compute capability 9+), which then reads keys and values: eight documents of 512–8,190 tokens
+#: 0.72 ms a layer against 0.81 by pointers (436 against 388 TFLOP/s), while passages of ≤ 512 tokens are
+#: 3–9% slower by TMA (bench/probe_gpu.py longattn, one H200).
+LONG_TILES = (64, 64, 4, 3)
+TMA_FROM = 1024
 #: Fewest tokens of an eager (not graph-captured) batch the kernel takes: 128 merged queries (1,586
 #: tokens, eager) took 14.4 ms a call with it against 12.6 with flash, bound by launches from Python.
 EAGER_TOKENS = 8192
@@ -62,12 +74,28 @@ if triton is not None:
         acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
         return new_best, total, acc
 
+    @triton.jit
+    def _keys_and_values(k_src, v_src, first_key, offsets, key_ok, column, k_row, v_row, first_column,
+                         MASKED: tl.constexpr, TMA: tl.constexpr):
+        """The tile of keys and values from token `first_key` on: by TMA (rows past the sequence belong to
+        another one, or are zeros past the batch, and are masked out of the scores), or by pointers,
+        masked where asked."""
+        if TMA:
+            at = first_key.to(tl.int32)
+            return k_src.load([at, first_column]), v_src.load([at, first_column])
+        keys = first_key + offsets
+        if MASKED:
+            k = tl.load(k_src + keys[:, None] * k_row + column, mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_src + keys[:, None] * v_row + column, mask=key_ok[:, None], other=0.0)
+            return k, v
+        return tl.load(k_src + keys[:, None] * k_row + column), tl.load(v_src + keys[:, None] * v_row + column)
+
     # `longest` varies from batch to batch: specialising on it (Triton does for ints divisible by 16)
     # would build a variant mid-call the first time an eager batch's longest text is not.
     @triton.jit(do_not_specialize=["longest"])
-    def _tiled_attention_kernel(q_ptr, k_ptr, v_ptr, out_ptr, cu_ptr, q_row, k_row, v_row, out_row, longest,
+    def _tiled_attention_kernel(q_ptr, k_src, v_src, out_ptr, cu_ptr, q_row, k_row, v_row, out_row, longest,
                                 scale_log2, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                STAGES: tl.constexpr):
+                                STAGES: tl.constexpr, TMA: tl.constexpr):
         tile = tl.program_id(0)
         head = tl.program_id(1)
         seq = tl.program_id(2)
@@ -85,15 +113,13 @@ if triton is not None:
             offsets = tl.arange(0, BLOCK_N)
             full = length - length % BLOCK_N
             for first_key in tl.range(0, full, BLOCK_N, num_stages=STAGES):
-                keys = start + first_key + offsets
-                k = tl.load(k_ptr + keys[:, None] * k_row + column)
-                v = tl.load(v_ptr + keys[:, None] * v_row + column)
+                k, v = _keys_and_values(k_src, v_src, start + first_key, offsets, None, column, k_row, v_row,
+                                        head * HEAD_DIM, False, TMA)
                 best, total, acc = _key_tile(q, k, v, best, total, acc, scale_log2, offsets, False)
             if full < length:
                 key_ok = full + offsets < length
-                keys = start + full + offsets
-                k = tl.load(k_ptr + keys[:, None] * k_row + column, mask=key_ok[:, None], other=0.0)
-                v = tl.load(v_ptr + keys[:, None] * v_row + column, mask=key_ok[:, None], other=0.0)
+                k, v = _keys_and_values(k_src, v_src, start + full, offsets, key_ok, column, k_row, v_row,
+                                        head * HEAD_DIM, True, TMA)
                 best, total, acc = _key_tile(q, k, v, best, total, acc, scale_log2, key_ok, True)
             out = acc / total[:, None]
             tl.store(out_ptr + (start + rows)[:, None] * out_row + column, out.to(out_ptr.dtype.element_ty),
@@ -175,10 +201,30 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlen
     if not (q.stride(2) == k.stride(2) == v.stride(2) == 1 and q.stride(1) == k.stride(1) == v.stride(1) == head_dim):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     scale_log2 = (head_dim ** -0.5 if scale is None else scale) * 1.4426950408889634  # exp2 instead of exp
-    block_m, block_n, warps, stages = TILES
+    tma = longest > TMA_FROM and _has_tma(q.device) and all(_tma_aligned(x) for x in (k, v))
+    block_m, block_n, warps, stages = LONG_TILES if tma else TILES
+    k_src, v_src = (_descriptor(k, block_n), _descriptor(v, block_n)) if tma else (k, v)
     for first in range(0, sequences, MAX_SEQUENCES):
         bounds = cu_seqlens[first : min(sequences, first + MAX_SEQUENCES) + 1]
         _tiled_attention_kernel[(triton.cdiv(int(longest), block_m), heads, bounds.shape[0] - 1)](
-            q, k, v, out, bounds, q.stride(0), k.stride(0), v.stride(0), out.stride(0), int(longest), scale_log2,
-            HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, num_warps=warps)
+            q, k_src, v_src, out, bounds, q.stride(0), k.stride(0), v.stride(0), out.stride(0), int(longest),
+            scale_log2, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, STAGES=stages, TMA=tma, num_warps=warps)
     return out
+
+
+def _descriptor(x: torch.Tensor, rows: int) -> Any:
+    """A TMA descriptor of [T, H, D] rows (one head's D values at a time, `rows` tokens a tile)."""
+    flat = x.flatten(1)  # a view: heads and head values are contiguous (checked by the caller)
+    return TensorDescriptor(flat, list(flat.shape), list(flat.stride()), [rows, x.shape[2]])
+
+
+def _tma_aligned(x: torch.Tensor) -> bool:
+    """TMA reads rows that start at 16-byte boundaries."""
+    return x.data_ptr() % 16 == 0 and x.stride(0) * x.element_size() % 16 == 0
+
+
+@functools.cache
+def _has_tma(device: torch.device) -> bool:
+    """Whether keys and values can be read by TMA on this device (Hopper or later, and a Triton that makes
+    descriptors on the host)."""
+    return TensorDescriptor is not None and torch.cuda.get_device_capability(device)[0] >= 9
