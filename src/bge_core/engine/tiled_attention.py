@@ -80,15 +80,19 @@ if triton is not None:
         """The tile of keys and values from token `first_key` on: by TMA (rows past the sequence belong to
         another one, or are zeros past the batch, and are masked out of the scores), or by pointers,
         masked where asked."""
+        # One branch per case: Triton compiles the statements after a `return` too.
         if TMA:
-            at = first_key.to(tl.int32)
-            return k_src.load([at, first_column]), v_src.load([at, first_column])
-        keys = first_key + offsets
-        if MASKED:
+            k = k_src.load([first_key.to(tl.int32), first_column])
+            v = v_src.load([first_key.to(tl.int32), first_column])
+        elif MASKED:
+            keys = first_key + offsets
             k = tl.load(k_src + keys[:, None] * k_row + column, mask=key_ok[:, None], other=0.0)
             v = tl.load(v_src + keys[:, None] * v_row + column, mask=key_ok[:, None], other=0.0)
-            return k, v
-        return tl.load(k_src + keys[:, None] * k_row + column), tl.load(v_src + keys[:, None] * v_row + column)
+        else:
+            keys = first_key + offsets
+            k = tl.load(k_src + keys[:, None] * k_row + column)
+            v = tl.load(v_src + keys[:, None] * v_row + column)
+        return k, v
 
     # `longest` varies from batch to batch: specialising on it (Triton does for ints divisible by 16)
     # would build a variant mid-call the first time an eager batch's longest text is not.
