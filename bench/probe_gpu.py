@@ -820,6 +820,7 @@ def long_attention_kernels():
               "passages 200-512": [rng.randint(200, 512) for _ in range(200)],
               "documents 512-1536": [rng.randint(512, 1536) for _ in range(60)]}
     tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3))
+    tma_tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3))
     for name, lengths in shapes.items():
         total = sum(lengths)
         cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
@@ -838,20 +839,11 @@ def long_attention_kernels():
         ms = gpu_ms(flash)
         row = {"tokens": total, "longest": longest, "flash ms": round(ms, 4),
                "flash tflops": round(flops / ms / 1e9, 1), "flash max diff fp32": float((ref - exact).abs().max())}
-        for tiles in tilings:
-            label = "x".join(map(str, tiles))
+        variants = [(tiles, False) for tiles in tilings] + [(tiles, True) for tiles in tma_tilings]
+        for tiles, tma in variants:
+            label = ("tma " if tma else "") + "x".join(map(str, tiles))
             try:
-                fn = our_attention(q, k, v, cu, longest, tiles)
-                got = fn().float()
-                ms = gpu_ms(fn)
-                row[label] = dict(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 1),
-                                  diff_flash=float((got - ref).abs().max()), diff_fp32=float((got - exact).abs().max()))
-            except Exception as error:  # noqa: BLE001 - a probe reports what fails
-                row[label] = f"{type(error).__name__}: {str(error)[:160]}"
-        for tiles in ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3)):
-            label = "tma " + "x".join(map(str, tiles))
-            try:
-                fn = our_attention(q, k, v, cu, longest, tiles, tma=True)
+                fn = our_attention(q, k, v, cu, longest, tiles, tma=tma)
                 got = fn().float()
                 ms = gpu_ms(fn)
                 row[label] = dict(ms=round(ms, 4), tflops=round(flops / ms / 1e9, 1),
