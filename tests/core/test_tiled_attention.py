@@ -74,3 +74,21 @@ def test_not_used_before_kernels_may_be_compiled(monkeypatch):
     q = torch.zeros(8, 2, 64, dtype=torch.float16)
     assert attention.packed_attention(q, q, q, torch.tensor([0, 8], dtype=torch.int32), 8, False, None) is flash_out
     assert not calls
+
+
+def test_tma_only_for_aligned_rows_on_nvidia_hopper_or_later(monkeypatch):
+    """Keys and values are read by TMA only where rows start at 16-byte boundaries, and only on an NVIDIA
+    GPU of compute capability 9 or more (ROCm reports its own architectures as capabilities)."""
+    qkv = torch.zeros(40, 3, 2, 64, dtype=torch.float16)
+    assert tiled_attention._tma_aligned(qkv.unbind(1)[1])  # a view of one QKV projection, as the engine has
+    assert not tiled_attention._tma_aligned(torch.zeros(40, 2, 65, dtype=torch.float16)[..., 1:])
+    assert not tiled_attention._tma_aligned(torch.zeros(40, 3, dtype=torch.float16)[:, :1])
+    has_tma = tiled_attention._has_tma.__wrapped__
+    monkeypatch.setattr(tiled_attention, "TensorDescriptor", object)
+    for capability, hip, expected in [((9, 0), None, True), ((10, 0), None, True), ((8, 0), None, False),
+                                      ((9, 4), "6.2", False)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        monkeypatch.setattr(torch.version, "hip", hip)
+        assert has_tma(torch.device("cuda:0")) is expected
+    monkeypatch.setattr(tiled_attention, "TensorDescriptor", None)
+    assert not has_tma(torch.device("cuda:0"))

@@ -231,4 +231,7 @@ def _tma_aligned(x: torch.Tensor) -> bool:
 def _has_tma(device: torch.device) -> bool:
     """Whether keys and values can be read by TMA on this device (Hopper or later, and a Triton that makes
     descriptors on the host)."""
-    return TensorDescriptor is not None and torch.cuda.get_device_capability(device)[0] >= 9
+    # ROCm reports its own architectures as capabilities (an MI300 as 9.4): TMA is NVIDIA's.
+    if TensorDescriptor is None or torch.version.hip is not None:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
