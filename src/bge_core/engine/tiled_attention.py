@@ -8,7 +8,8 @@ work follows each sequence's length, and rows past a sequence's end (a graph's u
 a short query does not reach) cost programs that exit. A layer's attention on one H200, bge-m3's 16
 heads × 64 (bench/probe_gpu.py `shortattn`, `longattn`): one 16-token query 2.4 µs against flash's 6.0;
 64 merged queries 9.2 against 28.1; 600 passages of 8–473 tokens 0.27 ms against 0.53; eight documents
-of 512–8,190 tokens 0.81 ms against 1.11 (386 against 284 TFLOP/s). The math is the flash kernel's:
+of 512–8,190 tokens 0.72 ms against 1.10 (439 against 286 TFLOP/s, keys and values read by TMA, see
+`LONG_TILES`). The math is the flash kernel's:
 scores and an online softmax in float32, probabilities rounded to the input precision before the
 product with V.
 
