@@ -16,6 +16,11 @@
     python bench/probe_gpu.py longattn   # attention past 128 tokens: flash against a Triton kernel at several tiles
     python bench/probe_gpu.py eagercost  # small eager batches with the tiled kernel or flash; a long-documents profile
     python bench/probe_gpu.py gemm       # the encoder's GEMMs at packed token counts, aligned to 128 or not
+    python bench/probe_gpu.py l2         # small-M GEMMs with their weights in L2 or not
+    python bench/probe_gpu.py l2chain    # a chain of the encoder's GEMMs with weights prefetched into L2
+    python bench/probe_gpu.py smallgemm  # the four GEMMs at a graph's token counts, written several ways
+    python bench/probe_gpu.py attnab     # the tiled attention kernel against an earlier copy of it
+    python bench/probe_gpu.py tok1       # one query's tokenizing: the backend's batch call or its one-text call
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
 """
@@ -807,18 +812,64 @@ def query_timeline():
     say("timeline us p50", dict(zip(names, (round(float(x) * 1e6, 1) for x in np.median(np.array(rows), axis=0)))))
 
 
+def _attention_shapes():
+    """Packed layouts (sequence lengths) of long documents, passages and documents of 512–1,536 tokens."""
+    import random
+
+    rng = random.Random(0)
+    return {"long 8 docs": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
+            "long 8 docs b": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
+            "passages 600": [min(510, max(8, int(rng.lognormvariate(4.5, 0.6)))) + 2 for _ in range(600)],
+            "passages 200-512": [rng.randint(200, 512) for _ in range(200)],
+            "documents 512-1536": [rng.randint(512, 1536) for _ in range(60)]}
+
+
+def attention_ab():
+    """The tiled kernel of this tree against the one in bench/_old_tiled_attention.py (a copy of an earlier
+    version), alternated on the same inputs: ms a call (graph-timed for the short layouts),
+    TFLOP/s, and the largest difference from float32."""
+    import random
+
+    import bge_core.engine.tiled_attention as new
+
+    try:  # e.g. `git show HEAD~1:src/bge_core/engine/tiled_attention.py > bench/_old_tiled_attention.py`
+        import _old_tiled_attention as old
+    except ImportError:
+        raise SystemExit("attnab compares with bench/_old_tiled_attention.py: copy the earlier version there") from None
+
+    rng = random.Random(1)
+    shapes = _attention_shapes()
+    shapes["64 queries"] = [rng.randint(8, 40) for _ in range(64)]
+    shapes["1 query"] = [18]
+    for name, lengths in shapes.items():
+        total = sum(lengths)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+        q, k, v = torch.randn(total, 3, 16, 64, device="cuda", dtype=torch.bfloat16).unbind(1)
+        longest = max(lengths)
+        flops = sum(4 * n * n * 64 * 16 for n in lengths)
+        exact = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+            *(x[s:e].transpose(0, 1).float()[None] for x in (q, k, v)))[0].transpose(0, 1)
+            for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
+        row = {"tokens": total, "longest": longest}
+        short = total < 4096
+        for _ in range(2):
+            for label, module in (("old", old), ("new", new)):
+                def call(module=module):
+                    with module.for_graph():
+                        return module.tiled_attention(q, k, v, cu, longest)
+                ms = graph_ms(call, calls=24, replays=50) if short else gpu_ms(call)
+                cell = row.setdefault(label, {"ms": [], "diff_fp32": float((call().float() - exact).abs().max())})
+                cell["ms"].append(round(ms, 5))
+                cell["tflops"] = round(flops / min(cell["ms"]) / 1e9, 1)
+        row["new / old time"] = round(min(row["new"]["ms"]) / min(row["old"]["ms"]), 4)
+        say(f"attnab {name}", row)
+
+
 def long_attention_kernels():
     """Varlen attention of sequences past 128 tokens (16 heads × 64, bf16, q/k/v as views of one packed
     QKV GEMM output): PyTorch's flash kernel against our tiled kernel at several tiles (rows x keys x
     warps x stages); TFLOP/s and the largest difference from flash and from float32."""
-    import random
-
-    rng = random.Random(0)
-    shapes = {"long 8 docs": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
-              "long 8 docs b": [min(8190, max(512, int(rng.lognormvariate(7.824, 0.6)))) for _ in range(8)],
-              "passages 600": [min(510, max(8, int(rng.lognormvariate(4.5, 0.6)))) + 2 for _ in range(600)],
-              "passages 200-512": [rng.randint(200, 512) for _ in range(200)],
-              "documents 512-1536": [rng.randint(512, 1536) for _ in range(60)]}
+    shapes = _attention_shapes()
     tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3))
     tma_tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3))
     for name, lengths in shapes.items():
@@ -885,12 +936,242 @@ def eager_tiled_cost():
     profiled("long-all3", lambda: emb.encode(documents, max_length=8192, sparse=True, colbert=True))
 
 
+def _prefetch_kernels():
+    """Two ways to pull weights into the GPU's L2 cache from a side stream: Hopper's bulk prefetch
+    (`cp.async.bulk.prefetch.L2`, fire and forget) and plain loads kept in L2 (evict_last)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def bulk(base, nbytes, CHUNK: tl.constexpr, PER_PROGRAM: tl.constexpr):
+        offsets = (tl.program_id(0) * PER_PROGRAM + tl.arange(0, PER_PROGRAM)).to(tl.int64) * CHUNK
+        size = tl.minimum(nbytes - offsets, CHUNK).to(tl.int32)
+        ok = size > 0
+        tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2; mov.u32 $0, 0;", "=r,l,r",
+                                  [tl.where(ok, base + offsets, base), tl.where(ok, size, 16)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+    @triton.jit
+    def loads(x_ptr, n, sink_ptr, BLOCK: tl.constexpr, STEPS: tl.constexpr):
+        first = tl.program_id(0).to(tl.int64) * BLOCK * STEPS
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for step in range(STEPS):
+            offsets = first + step * BLOCK + tl.arange(0, BLOCK)
+            acc += tl.load(x_ptr + offsets, mask=offsets < n, other=0.0,
+                           eviction_policy="evict_last").to(tl.float32)
+        total = tl.sum(acc)
+        tl.store(sink_ptr + tl.program_id(0), total, mask=total == 12345.0)  # never true: keeps the loads
+
+    @triton.jit
+    def bulk_kept(base, nbytes, CHUNK: tl.constexpr, PER_PROGRAM: tl.constexpr):
+        offsets = (tl.program_id(0) * PER_PROGRAM + tl.arange(0, PER_PROGRAM)).to(tl.int64) * CHUNK
+        size = tl.minimum(nbytes - offsets, CHUNK).to(tl.int32)
+        ok = size > 0
+        tl.inline_asm_elementwise(
+            "{ .reg .b64 policy; createpolicy.fractional.L2::evict_last.b64 policy, 1.0; "
+            "cp.async.bulk.prefetch.L2.global.L2::cache_hint [$1], $2, policy; mov.u32 $0, 0; }", "=r,l,r",
+            [tl.where(ok, base + offsets, base), tl.where(ok, size, 16)], dtype=tl.int32, is_pure=False, pack=1)
+
+    chunk, per_program = 16384, 128
+    sink = torch.zeros(4096, device="cuda")
+
+    def bulk_prefetch(t, kernel=bulk):
+        nbytes = t.numel() * t.element_size()
+        grid = (triton.cdiv(triton.cdiv(nbytes, chunk), per_program),)
+        kernel[grid](t.data_ptr(), nbytes, CHUNK=chunk, PER_PROGRAM=per_program, num_warps=4)
+
+    def load_prefetch(t):
+        block, steps = 2048, 16
+        flat = t.reshape(-1)
+        grid = (min(triton.cdiv(flat.numel(), block * steps), 4096),)
+        loads[grid](flat, flat.numel(), sink, BLOCK=block, STEPS=steps, num_warps=4)
+
+    return {"bulk": bulk_prefetch, "loads": load_prefetch, "kept": lambda t: bulk_prefetch(t, bulk_kept)}
+
+
+def l2_prefetch():
+    """Do the encoder's small-M GEMMs run faster with their weights in L2? Each of bge-m3's four GEMMs
+    captured 24× in a graph, with 24+ different weight copies (cold: > L2) or one (hot), µs a GEMM."""
+    import torch.nn.functional as F
+
+    dev, dt = "cuda", torch.bfloat16
+    shapes = (("qkv", 1024, 3072), ("out", 1024, 1024), ("up", 1024, 4096), ("down", 4096, 1024))
+    for m in (32, 64, 800):
+        row = {}
+        for name, k, n in shapes:
+            copies = max(24, -(-150 * 2**20 // (n * k * 2)))
+            ws = [torch.randn(n, k, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
+            b = torch.zeros(n, device=dev, dtype=dt)
+            x = torch.randn(m, k, device=dev, dtype=dt)
+            cold = graph_ms(lambda: [F.linear(x, w, b) for w in ws], calls=1) / copies
+            hot = graph_ms(lambda: [F.linear(x, ws[0], b) for _ in ws], calls=1) / copies
+            row[name] = {"cold us": round(cold * 1e3, 2), "hot us": round(hot * 1e3, 2)}
+        say(f"l2 gemm m={m}", row)
+
+
+def l2_chain():
+    """A 24-layer chain of bge-m3's four GEMMs (bias, GELU, LayerNorms; no attention) replayed as a graph,
+    with weights prefetched into L2 on a side stream in several ways (ms per replay); and the same chain
+    cycling over 1, 2 or 3 layers' weights (what fits in L2)."""
+    import torch.nn.functional as F
+
+    dev, dt = "cuda", torch.bfloat16
+    prefetchers = _prefetch_kernels()
+    d, f = 1024, 4096
+    sizes = [3 * d * d, d * d, f * d, d * f]
+    flat = torch.randn(24 * sum(sizes), device=dev, dtype=dt) * 0.02  # each layer's weights back to back
+    as_bytes = flat.view(torch.uint8)
+
+    def layer_weights(i):
+        out, at = [], i * sum(sizes)
+        for (rows, cols), size in zip(((3 * d, d), (d, d), (f, d), (d, f)), sizes):
+            out.append(flat[at : at + size].view(rows, cols))
+            at += size
+        return out
+
+    def span(first, last):  # the bytes from tensor `first` to the end of tensor `last` (back to back)
+        start = first.data_ptr() - flat.data_ptr()
+        return as_bytes[start : last.data_ptr() + last.numel() * 2 - flat.data_ptr()]
+
+    layers = [layer_weights(i) for i in range(24)]
+    biases = [torch.zeros(n, device=dev, dtype=dt) for n in (3 * d, d, f, d)]
+    norm = (torch.ones(d, device=dev, dtype=dt), torch.zeros(d, device=dev, dtype=dt))
+    side = torch.cuda.Stream()
+
+    def chain(x, weights, how):
+        main = torch.cuda.current_stream()
+        kind, _, plan = how.partition("-")
+
+        def prefetch(t):
+            if t is None or kind == "none":
+                return
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                prefetchers[kind](t)
+
+        for i, (qkv, out, up, down) in enumerate(weights):
+            nxt = weights[i + 1][0] if i + 1 < len(weights) else None
+            if plan == "flat":  # at the layer's start: its out, up, down and the next QKV
+                prefetch(span(out, nxt if nxt is not None else down))
+            elif plan == "halves":
+                prefetch(span(out, up))
+            elif plan == "ahead":
+                prefetch(out)
+            h = F.linear(x, qkv, biases[0])[:, :d]
+            if plan == "ahead":
+                prefetch(up)
+            o = F.layer_norm(F.linear(h, out, biases[1]) + x, (d,), *norm)
+            if plan == "ahead":
+                prefetch(down)
+            elif plan == "halves":
+                prefetch(span(down, nxt) if nxt is not None else down)
+            u = torch._addmm_activation(biases[2], o, up.t(), use_gelu=True)
+            if plan == "ahead":
+                prefetch(nxt)
+            x = F.layer_norm(F.linear(u, down, biases[3]) + o, (d,), *norm)
+        if kind != "none":
+            main.wait_stream(side)
+        return x
+
+    def issue_only():  # the flat plan's prefetches alone, on the main stream
+        for i in range(24):
+            prefetchers["bulk"](span(layers[i][1], layers[i + 1][0] if i < 23 else layers[i][3]))
+
+    say("l2 chain prefetch issue only ms", round(graph_ms(issue_only, calls=1, replays=100), 4))
+    for m in (32, 64):
+        x = torch.randn(m, d, device=dev, dtype=dt)
+        row = {}
+        for how in ("none", "bulk-flat", "bulk-halves", "bulk-ahead", "kept-flat", "kept-halves", "kept-ahead"):
+            row[how] = round(graph_ms(lambda: chain(x, layers, how), calls=1, replays=100), 4)
+        for cycle in (1, 2, 3):
+            row[f"cycling {cycle} layers"] = round(graph_ms(lambda: chain(x, layers[:cycle] * (24 // cycle), "none"),
+                                                            calls=1, replays=100), 4)
+        say(f"l2 chain m={m} ms", row)
+        reference = chain(x, layers, "none")
+        say(f"l2 chain m={m} prefetching changes nothing",
+            all(torch.equal(chain(x, layers, how), reference) for how in ("bulk-halves", "kept-ahead")))
+
+
+def small_gemm_forms():
+    """bge-m3's four GEMMs at a graph's token counts, each written several ways (bias in the GEMM or not,
+    cuBLAS or cuBLASLt, the transposed product): µs a GEMM, timed in a graph over weight copies that do not
+    fit in L2 (as a replay meets them)."""
+    import torch.nn.functional as F
+
+    dev, dt = "cuda", torch.bfloat16
+    shapes = (("qkv", 1024, 3072), ("out", 1024, 1024), ("up", 1024, 4096), ("down", 4096, 1024))
+    forms = {
+        "linear": lambda x, w, b: F.linear(x, w, b),
+        "mm, no bias": lambda x, w, b: x @ w.t(),
+        "addmm": lambda x, w, b: torch.addmm(b, x, w.t()),
+        "gelu epilogue": lambda x, w, b: torch._addmm_activation(b, x, w.t(), use_gelu=True),
+        "transposed (w @ x.T)": lambda x, w, b: w @ x.t(),
+    }
+    for m in (32, 64, 128):
+        row = {}
+        for name, k, n in shapes:
+            copies = max(24, -(-150 * 2**20 // (n * k * 2)))
+            ws = [torch.randn(n, k, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
+            b = torch.zeros(n, device=dev, dtype=dt)
+            x = torch.randn(m, k, device=dev, dtype=dt)
+            cell = {}
+            for library in ("cublas", "cublaslt"):
+                torch.backends.cuda.preferred_blas_library(library)
+                for form, fn in forms.items():
+                    if form == "gelu epilogue" and name != "up":
+                        continue
+                    us = graph_ms(lambda: [fn(x, w, b) for w in ws], calls=1) / copies * 1e3
+                    cell[f"{form} {library}"] = round(us, 2)
+            torch.backends.cuda.preferred_blas_library("cublas")
+            row[name] = cell
+        say(f"small gemm m={m} us", row)
+
+
+def one_text_tokenizing():
+    """Tokenizing one query on the GPU host, the Rust backend's batch call against its single-text call, in
+    a tight loop and after ~1 ms of waiting for the device (as a query's tokenizing follows the last one's
+    wait); µs, p50 of 400."""
+    import numpy as np
+
+    from bge_core.engine.tokens import load_tokenizer
+
+    tokenizer = load_tokenizer(W.build_m3(f"{CK}/m3"))
+    backend = tokenizer.backend_tokenizer
+    query = " ".join(f"w{i}" for i in range(14))
+    busy = torch.cuda.CUDAGraph()
+    x = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    with torch.cuda.graph(busy):
+        for _ in range(6):
+            x @ x
+    torch.cuda.synchronize()
+    calls = {"encode_batch_fast([q])": lambda: backend.encode_batch_fast([query]),
+             "encode_batch([q])": lambda: backend.encode_batch([query]),
+             "encode(q)": lambda: backend.encode(query)}
+    row = {}
+    for name, fn in calls.items():
+        for pattern in ("tight", "after 1 ms device wait", "after 1 ms sleep"):
+            times = []
+            for _ in range(400):
+                if pattern == "after 1 ms device wait":
+                    busy.replay()
+                    torch.cuda.synchronize()
+                elif pattern == "after 1 ms sleep":
+                    time.sleep(0.001)
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            row[f"{name} {pattern}"] = round(float(np.median(times)) * 1e6, 1)
+    say("tokenize one query us p50", row)
+
+
 SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end, "host": host_breakdown,
             "epilogue": gelu_epilogue, "compile": compile_gain, "query": query_latency, "evalenc": eval_encoding,
             "calls": merged_calls, "hostprof": host_profile,
             "shortattn": short_attention_kernels, "gemm": gemm_alignment,
             "tiledab": tiled_attention_ab, "timeline": query_timeline,
-            "longattn": long_attention_kernels, "eagercost": eager_tiled_cost}
+            "longattn": long_attention_kernels, "eagercost": eager_tiled_cost,
+            "l2": l2_prefetch, "l2chain": l2_chain, "smallgemm": small_gemm_forms,
+            "attnab": attention_ab, "tok1": one_text_tokenizing}
 
 
 def main():

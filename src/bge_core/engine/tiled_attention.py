@@ -64,15 +64,18 @@ if triton is not None:
 
     @triton.jit
     def _key_tile(q, k, v, best, total, acc, scale_log2, key_ok, MASKED: tl.constexpr):
-        """One step of the online softmax over a tile of keys."""
-        scores = tl.dot(q, tl.trans(k)) * scale_log2
+        """One step of the online softmax over a tile of keys (`best`: each row's largest scaled score)."""
+        scores = tl.dot(q, tl.trans(k))
         if MASKED:
             scores = tl.where(key_ok[None, :], scores, float("-inf"))
-        new_best = tl.maximum(best, tl.max(scores, 1))
+        # The scale is positive, so the largest score scales to the largest scaled score; scaling and
+        # subtracting the row's best then take one fused multiply-add a score.
+        new_best = tl.maximum(best, tl.max(scores, 1) * scale_log2)
         rescale = tl.exp2(best - new_best)
-        probs = tl.exp2(scores - new_best[:, None])
+        probs = tl.exp2(scores * scale_log2 - new_best[:, None])
         total = total * rescale + tl.sum(probs, 1)
-        acc = acc * rescale[:, None] + tl.dot(probs.to(v.dtype), v)
+        # The rescaled accumulator is the product's own accumulator: no separate sum.
+        acc = tl.dot(probs.to(v.dtype), v, acc * rescale[:, None])
         return new_best, total, acc
 
     @triton.jit
