@@ -20,6 +20,7 @@
     python bench/probe_gpu.py l2chain    # a chain of the encoder's GEMMs with weights prefetched into L2
     python bench/probe_gpu.py smallgemm  # the four GEMMs at a graph's token counts, written several ways
     python bench/probe_gpu.py attnab     # the tiled attention kernel against an earlier copy of it
+    python bench/probe_gpu.py fp8all3    # passages with all three outputs in fp8 and bf16: GPU busy time, host profile
     python bench/probe_gpu.py tok1       # one query's tokenizing: the backend's batch call or its one-text call
 
 Writes $OUT/probe.json and gzipped Chrome traces of the profiled calls.
@@ -1127,6 +1128,36 @@ def small_gemm_forms():
         say(f"small gemm m={m} us", row)
 
 
+def fp8_all_outputs():
+    """Why passages with all three outputs lose more to dense in fp8 than in bf16: wall time of each, the GPU's
+    busy time in a profile of the all-three call, and a cProfile of the calling thread (bge-m3 shape)."""
+    import cProfile
+    import io
+    import pstats
+
+    from bge_core import Embedder
+
+    path = W.build_m3(f"{CK}/m3")
+    texts = W.passages()
+    tokens = W.words(texts) + 2 * len(texts)
+    for dtype in ("bf16", "fp8"):
+        emb = Embedder(path, device="cuda:0", dtype=dtype, reuse_outputs=False)
+        emb.encode(texts[:256])
+        for mode, kw in {"dense": {}, "all3": dict(sparse=True, colbert=True)}.items():
+            s = wall(lambda: emb.encode(texts, **kw))
+            say(f"fp8all3 {dtype} {mode}", dict(s=round(s, 4), ktok_s=round(tokens / s / 1e3, 1)))
+        profiled(f"{dtype}-all3", lambda: emb.encode(texts, sparse=True, colbert=True))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        emb.encode(texts, sparse=True, colbert=True)
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(22)
+        say(f"fp8all3 {dtype} cprofile", text.getvalue())
+        emb = None
+        torch.cuda.empty_cache()
+
+
 def one_text_tokenizing():
     """Tokenizing one query on the GPU host, the Rust backend's batch call against its single-text call, in
     a tight loop and after ~1 ms of waiting for the device (as a query's tokenizing follows the last one's
@@ -1171,7 +1202,7 @@ SECTIONS = {"attn": attention_kernels, "cudnn": cudnn_buckets, "e2e": end_to_end
             "tiledab": tiled_attention_ab, "timeline": query_timeline,
             "longattn": long_attention_kernels, "eagercost": eager_tiled_cost,
             "l2": l2_prefetch, "l2chain": l2_chain, "smallgemm": small_gemm_forms,
-            "attnab": attention_ab, "tok1": one_text_tokenizing}
+            "attnab": attention_ab, "fp8all3": fp8_all_outputs, "tok1": one_text_tokenizing}
 
 
 def main():

@@ -507,3 +507,26 @@ def test_tiled_attention_runs_large_eager_batches_of_long_texts_and_matches_flas
     for a, b in zip(ours.lexical_weights, flash.lexical_weights):
         assert {t for t, w in a.items() if w > 1e-2} <= set(b)
         assert max(abs(w - b.get(t, 0.0)) for t, w in a.items()) <= 2e-3
+
+
+def test_large_batches_stage_in_reused_pinned_buffers_and_pack_as_on_the_host():
+    """A large batch's ids and lengths go through one of a few reused pinned buffers: the packed layout
+    equals the host-built one for every batch, also after the buffers have been reused and grown."""
+    from bge_core.engine import packing
+
+    device = torch.device("cuda", 0)
+    staging = packing.PinnedStaging()
+    rng = np.random.default_rng(0)
+    for size in [5000, 7000, 300_000, 6000] * 2:  # reuse, growth past the smallest buffer, reuse again
+        lengths = rng.integers(1, 600, size=max(1, size // 300)).astype(np.int64)
+        ids = rng.integers(0, 250_000, size=int(lengths.sum())).astype(np.int64)
+        values = np.concatenate([ids, lengths])
+        assert torch.equal(staging.to_device(values, device).cpu(), torch.from_numpy(values))
+        on_device = packing.derive_on_device(ids, lengths, 2, device)
+        on_host = packing.derive_on_host(ids, lengths, 2, device)
+        for a, b in zip(on_device, on_host, strict=True):
+            assert torch.equal(a.long(), b.long())
+    pointers = {buffer.data_ptr() for buffer in staging._buffers}
+    assert len(pointers) == packing.PinnedStaging.SLOTS
+    staging.to_device(np.arange(10, dtype=np.int64), device)  # the next slot's buffer, not a new one
+    assert {buffer.data_ptr() for buffer in staging._buffers} == pointers
