@@ -990,22 +990,30 @@ def _prefetch_kernels():
     return {"bulk": bulk_prefetch, "loads": load_prefetch, "kept": lambda t: bulk_prefetch(t, bulk_kept)}
 
 
+#: bge-m3's four GEMMs of a layer: (name, in features, out features).
+M3_GEMMS = (("qkv", 1024, 3072), ("out", 1024, 1024), ("up", 1024, 4096), ("down", 4096, 1024))
+
+
+def _cold_gemm_operands(m, k, n):
+    """Weight copies [n, k] totalling ≥ 150 MB (more than L2 holds: each is read from HBM in turn), a zero
+    bias and an input of `m` rows (bf16)."""
+    copies = max(24, -(-150 * 2**20 // (n * k * 2)))
+    ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(copies)]
+    return ws, torch.zeros(n, device="cuda", dtype=torch.bfloat16), torch.randn(m, k, device="cuda",
+                                                                              dtype=torch.bfloat16)
+
+
 def l2_prefetch():
     """Do the encoder's small-M GEMMs run faster with their weights in L2? Each of bge-m3's four GEMMs
     captured 24× in a graph, with 24+ different weight copies (cold: > L2) or one (hot), µs a GEMM."""
     import torch.nn.functional as F
 
-    dev, dt = "cuda", torch.bfloat16
-    shapes = (("qkv", 1024, 3072), ("out", 1024, 1024), ("up", 1024, 4096), ("down", 4096, 1024))
     for m in (32, 64, 800):
         row = {}
-        for name, k, n in shapes:
-            copies = max(24, -(-150 * 2**20 // (n * k * 2)))
-            ws = [torch.randn(n, k, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
-            b = torch.zeros(n, device=dev, dtype=dt)
-            x = torch.randn(m, k, device=dev, dtype=dt)
-            cold = graph_ms(lambda: [F.linear(x, w, b) for w in ws], calls=1) / copies
-            hot = graph_ms(lambda: [F.linear(x, ws[0], b) for _ in ws], calls=1) / copies
+        for name, k, n in M3_GEMMS:
+            ws, b, x = _cold_gemm_operands(m, k, n)
+            cold = graph_ms(lambda: [F.linear(x, w, b) for w in ws], calls=1) / len(ws)
+            hot = graph_ms(lambda: [F.linear(x, ws[0], b) for _ in ws], calls=1) / len(ws)
             row[name] = {"cold us": round(cold * 1e3, 2), "hot us": round(hot * 1e3, 2)}
         say(f"l2 gemm m={m}", row)
 
@@ -1099,8 +1107,6 @@ def small_gemm_forms():
     fit in L2 (as a replay meets them)."""
     import torch.nn.functional as F
 
-    dev, dt = "cuda", torch.bfloat16
-    shapes = (("qkv", 1024, 3072), ("out", 1024, 1024), ("up", 1024, 4096), ("down", 4096, 1024))
     forms = {
         "linear": lambda x, w, b: F.linear(x, w, b),
         "mm, no bias": lambda x, w, b: x @ w.t(),
@@ -1110,18 +1116,15 @@ def small_gemm_forms():
     }
     for m in (32, 64, 128):
         row = {}
-        for name, k, n in shapes:
-            copies = max(24, -(-150 * 2**20 // (n * k * 2)))
-            ws = [torch.randn(n, k, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
-            b = torch.zeros(n, device=dev, dtype=dt)
-            x = torch.randn(m, k, device=dev, dtype=dt)
+        for name, k, n in M3_GEMMS:
+            ws, b, x = _cold_gemm_operands(m, k, n)
             cell = {}
             for library in ("cublas", "cublaslt"):
                 torch.backends.cuda.preferred_blas_library(library)
                 for form, fn in forms.items():
                     if form == "gelu epilogue" and name != "up":
                         continue
-                    us = graph_ms(lambda: [fn(x, w, b) for w in ws], calls=1) / copies * 1e3
+                    us = graph_ms(lambda: [fn(x, w, b) for w in ws], calls=1) / len(ws) * 1e3
                     cell[f"{form} {library}"] = round(us, 2)
             torch.backends.cuda.preferred_blas_library("cublas")
             row[name] = cell
