@@ -1131,35 +1131,53 @@ def small_gemm_forms():
         say(f"small gemm m={m} us", row)
 
 
+class _FreshPin:
+    """The copy `PinnedStaging` replaced: each batch's array pinned anew (for an A/B in one process)."""
+
+    @staticmethod
+    def to_device(values, device):
+        return torch.from_numpy(values).pin_memory().to(device, non_blocking=True)
+
+
 def fp8_all_outputs():
-    """Why passages with all three outputs lose more to dense in fp8 than in bf16: wall time of each (fp8 also
-    at twice the default token budget), the GPU's busy time in a profile of fp8's all-three call, and a
-    cProfile of the calling thread (bge-m3 shape)."""
+    """Why passages with all three outputs lose more to dense in fp8 than in bf16: wall time of each in fp8
+    with each batch's ids pinned anew or staged in reused pinned buffers, and at twice the default token
+    budget; the GPU's busy time in a profile of the all-three call, and a cProfile of the calling thread
+    (bge-m3 shape). `PROBE_BF16=1` adds bf16."""
     import cProfile
     import io
     import pstats
 
     from bge_core import Embedder
+    from bge_core.engine import packing
 
     path = W.build_m3(f"{CK}/m3")
     texts = W.passages()
     tokens = W.words(texts) + 2 * len(texts)
-    for dtype, budget in (("bf16", None), ("fp8", None), ("fp8", 131072)):
-        emb = Embedder(path, device="cuda:0", dtype=dtype, reuse_outputs=False, batch_tokens=budget)
-        emb.encode(texts[:256])
-        label = dtype + ("" if budget is None else f" budget {budget}")
-        for mode, kw in {"dense": {}, "all3": dict(sparse=True, colbert=True)}.items():
-            s = wall(lambda: emb.encode(texts, **kw))
-            say(f"fp8all3 {label} {mode}", dict(s=round(s, 4), ktok_s=round(tokens / s / 1e3, 1)))
-        if dtype == "fp8" and budget is None:
-            profiled(f"{dtype}-all3", lambda: emb.encode(texts, sparse=True, colbert=True))
-            profiler = cProfile.Profile()
-            profiler.enable()
-            emb.encode(texts, sparse=True, colbert=True)
-            profiler.disable()
-            text = io.StringIO()
-            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(22)
-            say(f"fp8all3 {label} cprofile", text.getvalue())
+    staging = packing.staging
+    runs = [("fp8", None, "fresh pin"), ("fp8", None, "staged"), ("fp8", 131072, "staged")]
+    if os.environ.get("PROBE_BF16") == "1":
+        runs.insert(0, ("bf16", None, "staged"))
+    for dtype, budget, copies in runs:
+        packing.staging = staging if copies == "staged" else (lambda device: _FreshPin)
+        try:
+            emb = Embedder(path, device="cuda:0", dtype=dtype, reuse_outputs=False, batch_tokens=budget)
+            emb.encode(texts[:256])
+            label = f"{dtype} {copies}" + ("" if budget is None else f" budget {budget}")
+            for mode, kw in {"dense": {}, "all3": dict(sparse=True, colbert=True)}.items():
+                s = wall(lambda: emb.encode(texts, **kw))
+                say(f"fp8all3 {label} {mode}", dict(s=round(s, 4), ktok_s=round(tokens / s / 1e3, 1)))
+            if dtype == "fp8" and budget is None and copies == "staged":
+                profiled(f"{dtype}-all3", lambda: emb.encode(texts, sparse=True, colbert=True))
+                profiler = cProfile.Profile()
+                profiler.enable()
+                emb.encode(texts, sparse=True, colbert=True)
+                profiler.disable()
+                text = io.StringIO()
+                pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(22)
+                say(f"fp8all3 {label} cprofile", text.getvalue())
+        finally:
+            packing.staging = staging
         emb = None
         torch.cuda.empty_cache()
 
