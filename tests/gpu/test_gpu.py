@@ -517,8 +517,8 @@ def test_large_batches_stage_in_reused_pinned_buffers_and_pack_as_on_the_host():
     device = torch.device("cuda", 0)
     staging = packing.PinnedStaging()
     rng = np.random.default_rng(0)
-    for size in [5000, 7000, 300_000, 6000] * 2:  # reuse, growth past the smallest buffer, reuse again
-        lengths = rng.integers(1, 600, size=max(1, size // 300)).astype(np.int64)
+    for tokens in [5000, 7000, 300_000, 6000] * 2:  # reuse, growth past the smallest buffer, reuse again
+        lengths = rng.integers(1, 600, size=max(1, tokens // 300)).astype(np.int64)
         ids = rng.integers(0, 250_000, size=int(lengths.sum())).astype(np.int64)
         values = np.concatenate([ids, lengths])
         assert torch.equal(staging.to_device(values, device).cpu(), torch.from_numpy(values))
@@ -530,3 +530,17 @@ def test_large_batches_stage_in_reused_pinned_buffers_and_pack_as_on_the_host():
     assert len(pointers) == packing.PinnedStaging.SLOTS
     staging.to_device(np.arange(10, dtype=np.int64), device)  # the next slot's buffer, not a new one
     assert {buffer.data_ptr() for buffer in staging._buffers} == pointers
+
+
+def test_a_pinned_buffer_is_not_rewritten_before_its_queued_copy_has_run():
+    """Copies queued behind a long kernel: staging more arrays than there are buffers reuses a buffer
+    whose copy has not run yet, and must wait for it rather than overwrite what that copy will read."""
+    from bge_core.engine import packing
+
+    device = torch.device("cuda", 0)
+    staging = packing.PinnedStaging()
+    arrays = [np.full(5000, i, dtype=np.int64) for i in range(packing.PinnedStaging.SLOTS + 2)]
+    torch.cuda._sleep(100_000_000)  # ~50 ms of GPU time: every copy below is queued behind it
+    on_device = [staging.to_device(values, device) for values in arrays]
+    for values, copied in zip(arrays, on_device, strict=True):
+        assert torch.equal(copied.cpu(), torch.from_numpy(values))
