@@ -825,6 +825,17 @@ def _attention_shapes():
             "documents 512-1536": [rng.randint(512, 1536) for _ in range(60)]}
 
 
+def _packed_attention_inputs(lengths):
+    """Packed q, k, v (16 heads × 64, bf16, views of one QKV projection) for sequences of `lengths`, with
+    their offsets, the longest length, the attention's FLOPs and its float32 result (SDPA per sequence)."""
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    q, k, v = torch.randn(sum(lengths), 3, 16, 64, device="cuda", dtype=torch.bfloat16).unbind(1)
+    exact = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        *(x[s:e].transpose(0, 1).float()[None] for x in (q, k, v)))[0].transpose(0, 1)
+        for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
+    return cu, q, k, v, max(lengths), sum(4 * n * n * 64 * 16 for n in lengths), exact
+
+
 def attention_ab():
     """The tiled kernel of this tree against the one in bench/_old_tiled_attention.py (a copy of an earlier
     version), alternated on the same inputs: ms a call (graph-timed for the short layouts),
@@ -844,13 +855,7 @@ def attention_ab():
     shapes["1 query"] = [18]
     for name, lengths in shapes.items():
         total = sum(lengths)
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-        q, k, v = torch.randn(total, 3, 16, 64, device="cuda", dtype=torch.bfloat16).unbind(1)
-        longest = max(lengths)
-        flops = sum(4 * n * n * 64 * 16 for n in lengths)
-        exact = torch.cat([torch.nn.functional.scaled_dot_product_attention(
-            *(x[s:e].transpose(0, 1).float()[None] for x in (q, k, v)))[0].transpose(0, 1)
-            for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
+        cu, q, k, v, longest, flops, exact = _packed_attention_inputs(lengths)
         row = {"tokens": total, "longest": longest}
         short = total < 4096
         for _ in range(2):
@@ -875,19 +880,12 @@ def long_attention_kernels():
     tma_tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3))
     for name, lengths in shapes.items():
         total = sum(lengths)
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-        qkv = torch.randn(total, 3, 16, 64, device="cuda", dtype=torch.bfloat16)
-        q, k, v = qkv.unbind(1)
-        longest = max(lengths)
-        flops = sum(4 * n * n * 64 * 16 for n in lengths)
+        cu, q, k, v, longest, flops, exact = _packed_attention_inputs(lengths)
 
         def flash():
             return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, longest, longest, 0.0, False, False)[0]
 
         ref = flash().float()
-        exact = torch.cat([torch.nn.functional.scaled_dot_product_attention(
-            *(x[s:e].transpose(0, 1).float()[None] for x in (q, k, v)))[0].transpose(0, 1)
-            for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())])
         ms = gpu_ms(flash)
         row = {"tokens": total, "longest": longest, "flash ms": round(ms, 4),
                "flash tflops": round(flops / ms / 1e9, 1), "flash max diff fp32": float((ref - exact).abs().max())}
