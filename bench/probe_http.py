@@ -18,6 +18,13 @@ With --served, the same stand-in app runs in an ASGI server process of each kind
 loaded over 127.0.0.1 by `bench/serve.py`'s load generator (--clients at once, one process): the server
 process's CPU per request (its HTTP parsing and sockets included), requests/s and the load generator's
 CPU per request, median of --repeats runs.
+
+    python bench/probe_http.py --hop            # an engine call's round trip through the engine host
+
+With --hop, this process calls the engine host (serving the stand-in) as an HTTP process does, --at-once
+runs at a time, and times each round trip: what the exchange between the processes adds to a request
+(sockets, pickles, the host's threads), apart from HTTP and the engine. Median of --repeats runs of the
+p50 and p99.
 """
 
 from __future__ import annotations
@@ -84,19 +91,57 @@ def host_process(path: str, dim: int) -> None:
     serve_calls(listener, {"bench": stand_in_models(dim).embedders[0]}, 512, stop=parent.sentinel)
 
 
-def app_of(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The app under test, and the engine host process (None when the engine runs in this process)."""
-    config = ServerConfig(models=["bench"])
-    if args.layout == "process":
-        return create_app(config, models=stand_in_models(args.dim)), None
+def start_host(dim: int) -> tuple[Any, str]:
+    """An engine host process serving the stand-in, and its socket path, once it listens."""
     path = os.path.join(tempfile.mkdtemp(prefix="probe-http-"), "engine.sock")
-    host = multiprocessing.get_context("spawn").Process(target=host_process, args=(path, args.dim), daemon=True)
+    host = multiprocessing.get_context("spawn").Process(target=host_process, args=(path, dim), daemon=True)
     host.start()
     deadline = time.monotonic() + 60
     while not os.path.exists(path):
         if not host.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"the engine host did not start (exit code {host.exitcode})")
         time.sleep(0.05)
+    return host, path
+
+
+async def hop(args: argparse.Namespace) -> dict[str, Any]:
+    """p50 / p99 µs of `args.at_once` single-query runs sent together to the engine host, answered together."""
+    host, path = start_host(args.dim)
+    client = HostClient(path)
+    await client.start()
+    items = ["query number 1 about something"]
+    results: dict[str, Any] = {}
+    try:
+        for _ in range(200):  # warm-up
+            await client.run("bench", None, items)
+        for at_once in args.at_once:
+            runs = []
+            for _ in range(args.repeats):
+                times = []
+                rounds = max(1, args.requests // at_once)
+                cpu, host_cpu = time.process_time(), sum(serve.tree_cpu(host.pid).values())
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    await asyncio.gather(*(client.run("bench", None, items) for _ in range(at_once)))
+                    times.append(1e6 * (time.perf_counter() - start))
+                cpu, host_cpu = time.process_time() - cpu, sum(serve.tree_cpu(host.pid).values()) - host_cpu
+                times.sort()
+                runs.append({"p50_us": times[len(times) // 2], "p99_us": times[int(0.99 * (len(times) - 1))],
+                             "caller_cpu_us_per_run": 1e6 * cpu / (rounds * at_once),
+                             "host_cpu_us_per_run": 1e6 * host_cpu / (rounds * at_once)})
+            results[f"x{at_once}"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    finally:
+        await client.stop()
+        host.terminate()
+    return results
+
+
+def app_of(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The app under test, and the engine host process (None when the engine runs in this process)."""
+    config = ServerConfig(models=["bench"])
+    if args.layout == "process":
+        return create_app(config, models=stand_in_models(args.dim)), None
+    host, path = start_host(args.dim)
     client = HostClient(path)
     app = create_app(config, models=ModelSet.remote(config, client, Metrics()))
     return app, (host, client)
@@ -226,7 +271,19 @@ def main() -> None:
     parser.add_argument("--metrics-in-memory", action="store_true", help="as a server of one process")
     parser.add_argument("--served", nargs="*", choices=sorted(SERVERS), help="whole server processes instead")
     parser.add_argument("--clients", type=int, default=16, help="loopback clients with --served")
+    parser.add_argument("--hop", action="store_true", help="round trips to the engine host instead")
     args = parser.parse_args()
+    if args.hop:
+        import uvloop  # as uvicorn runs an HTTP process's loop
+
+        results = uvloop.run(hop(args))
+        for name, row in results.items():
+            print(f"{name:5} p50 {row['p50_us']:8.1f} µs  p99 {row['p99_us']:8.1f} µs  CPU µs a run: caller "
+                  f"{row['caller_cpu_us_per_run']:6.1f}, engine host {row['host_cpu_us_per_run']:6.1f}")
+        os.makedirs(OUT, exist_ok=True)
+        with open(os.path.join(OUT, "probe_http_hop.json"), "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=1)
+        return
     if args.served:
         results = served(args)
         print(f"{'server':10} {'server CPU µs/request':>22} {'requests/s':>11} {'load generator µs/request':>26}")

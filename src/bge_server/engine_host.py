@@ -11,7 +11,9 @@ loaded once and the device sees one stream of batches.
 Two engine calls run at once (`ENGINE_CALLS`, each on a thread of the host): while one call's batch runs
 on the device, the other tokenizes, packs or builds its rows, so the device does not wait for the host's
 Python between merged calls (at 64 single-query clients the host, not the device, was the limit). The
-main thread alone reads and writes the sockets and merges the queued runs; the engine is thread-safe.
+main thread reads the sockets and queues the runs; an engine thread that comes free takes every queued
+run it can merge, makes the call and writes the replies itself, one send per server process (no hand-back
+to the main thread: one thread wake-up less in every request's path). The engine is thread-safe.
 
 Wire format: each message is a 4-byte big-endian length and a pickle.
 Requests: ``("run", call_id, model, key, items)`` (merged with other runs of the same model and key)
@@ -28,7 +30,7 @@ import itertools
 import multiprocessing
 import os
 import pickle
-import queue
+import select
 import selectors
 import signal
 import socket
@@ -36,7 +38,6 @@ import struct
 import threading
 import time
 from collections.abc import Hashable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bge_server.config import ServerConfig, calls_from_env
@@ -55,11 +56,15 @@ def _frame(message: Any) -> bytes:
 
 
 class _Peer:
-    """One connected server process, as the host sees it: bytes received so far, complete messages."""
+    """One connected server process, as the host sees it: bytes received so far, complete messages, and
+    a lock that keeps replies (sent from the engine threads and the main thread) whole and keeps them
+    off a socket once it is closed (its descriptor number may already belong to a new connection)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = bytearray()
+        self.lock = threading.Lock()
+        self.closed = False
 
     def messages(self) -> list[Any]:
         found = []
@@ -75,24 +80,22 @@ class _Peer:
         self.send(_reply_frame(call_id, ok, value))
 
     def send(self, data: bytes) -> None:
-        """Send a framed reply (from the host's main thread, which owns the sockets). A reply that the
-        socket's buffer takes at once costs one call; the rest of a larger one is sent blocking."""
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            return  # that server process has gone; its requests went with it
-        if sent == len(data):
-            return
-        try:
-            self.sock.setblocking(True)
-            self.sock.sendall(memoryview(data)[sent:])
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                self.sock.setblocking(False)
+        """Send a framed reply from any thread. The socket stays non-blocking (the main thread reads it):
+        a reply larger than its buffer waits for room between parts."""
+        view = memoryview(data)
+        with self.lock:
+            while view and not self.closed:
+                try:
+                    view = view[self.sock.send(view) :]
+                except BlockingIOError:
+                    select.select([], [self.sock], [], 1.0)
+                except OSError:
+                    return  # that server process has gone; its requests went with it
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.sock.close()
 
 
 def _reply_frame(call_id: int, ok: bool, value: Any) -> bytes:
@@ -147,10 +150,10 @@ def host_main(config: ServerConfig, path: str, ready: Any) -> None:
 
 def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None,
                 metrics: EngineMetrics | None = None) -> None:
-    """The host's loop: accept server processes on `listener`, merge their runs, run up to
-    `ENGINE_CALLS` engine calls at once on threads, answer other calls at once; return when `stop`
-    (a file descriptor, e.g. the parent process's sentinel) becomes readable. Each engine call's size and
-    time go to `metrics`.
+    """The host's loop: accept server processes on `listener`, queue their runs for `ENGINE_CALLS` engine
+    threads (each merges what is queued into one engine call and sends the replies itself), answer other
+    calls at once; return when `stop` (a file descriptor, e.g. the parent process's sentinel) becomes
+    readable. Each engine call's size and time go to `metrics`.
 
     Example:
         >>> serve_calls(listener, {"BAAI/bge-m3": served_model}, 512, stop=parent.sentinel)  # doctest: +SKIP
@@ -160,22 +163,15 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
     selector.register(listener, selectors.EVENT_READ, None)
     if stop is not None:
         selector.register(stop, selectors.EVENT_READ, "stop")
-    wake_reader, wake_writer = socket.socketpair()  # an engine thread's "a call finished" to this loop
-    wake_reader.setblocking(False)
-    selector.register(wake_reader, selectors.EVENT_READ, "wake")
-    finished: queue.SimpleQueue[list[tuple[_Peer, bytes]]] = queue.SimpleQueue()
-    calls = ThreadPoolExecutor(ENGINE_CALLS, thread_name_prefix="bge-engine-call")
-    free = ENGINE_CALLS
-    pending: collections.deque[tuple[_Peer, Any]] = collections.deque()
+    runs = _Runs(max_items)
+    for number in range(ENGINE_CALLS):
+        threading.Thread(target=_engine_thread, args=(runs, by_name, metrics), name=f"bge-engine-call-{number}",
+                         daemon=True).start()
     try:
         while True:
             for key, _ in selector.select():
                 if key.data == "stop":
                     return
-                if key.data == "wake":
-                    with contextlib.suppress(BlockingIOError):
-                        wake_reader.recv(1 << 12)
-                    continue
                 if key.data is None:
                     conn, _ = listener.accept()
                     conn.setblocking(False)
@@ -190,31 +186,67 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
                     chunk = b""
                 if not chunk:
                     selector.unregister(peer.sock)
-                    peer.sock.close()
-                    pending = collections.deque(item for item in pending if item[0] is not peer)
+                    runs.drop(peer)
+                    peer.close()
                     continue
                 peer.buffer += chunk
+                queued = []
                 for message in peer.messages():
                     if message[0] == "run":
-                        pending.append((peer, message))
+                        queued.append((peer, message))
                     else:
                         _answer_call(peer, message, by_name, metrics)
-            while True:  # replies of finished calls, sent by this thread (it owns the sockets)
-                try:
-                    replies = finished.get_nowait()
-                except queue.Empty:
-                    break
-                free += 1
-                for peer, data in replies:
-                    peer.send(data)
-            while pending and free:
-                free -= 1
-                calls.submit(_run_group, _take_group(pending, max_items), by_name, finished, wake_writer, metrics)
+                runs.add(queued)
     finally:
-        calls.shutdown(wait=False, cancel_futures=True)
+        runs.stop()
         selector.close()
-        wake_reader.close()
-        wake_writer.close()
+
+
+class _Runs:
+    """Runs waiting for an engine call: the main thread adds them, the engine threads take them merged.
+
+    An engine thread takes work only when it is free, so runs that arrive while every engine call is busy
+    wait here and join the next call together.
+    """
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self.pending: collections.deque[tuple[_Peer, Any]] = collections.deque()
+        self.changed = threading.Condition()
+        self.stopping = False
+
+    def add(self, queued: list[tuple[_Peer, Any]]) -> None:
+        if queued:
+            with self.changed:
+                self.pending.extend(queued)
+                self.changed.notify()
+
+    def drop(self, peer: _Peer) -> None:
+        """Forget the queued runs of a server process that has gone."""
+        with self.changed:
+            self.pending = collections.deque(item for item in self.pending if item[0] is not peer)
+
+    def take(self) -> list[tuple[_Peer, Any]] | None:
+        """The next group of runs to merge (waits for one); None once the host stops."""
+        with self.changed:
+            while not self.pending and not self.stopping:
+                self.changed.wait()
+            if self.stopping:
+                return None
+            group = _take_group(self.pending, self.max_items)
+            if self.pending:  # more than one call's worth, or runs that do not merge: another thread's turn
+                self.changed.notify()
+            return group
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()
+
+
+def _engine_thread(runs: _Runs, by_name: dict[str, Any], metrics: EngineMetrics | None) -> None:
+    while (group := runs.take()) is not None:
+        _run_group(group, by_name, metrics)
 
 
 def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any], metrics: EngineMetrics | None = None) -> None:
@@ -256,35 +288,34 @@ def _take_group(pending: collections.deque, max_items: int) -> list[tuple[_Peer,
     return group
 
 
-def _run_group(group: list[tuple[_Peer, Any]], by_name: dict[str, Any], finished: queue.SimpleQueue,
-               wake: socket.socket, metrics: EngineMetrics | None = None) -> None:
-    """One engine call over a group's merged inputs (on an engine thread); each run's reply frame goes
-    to `finished` for the main thread to send."""
-    replies: list[tuple[_Peer, bytes]] = []
+def _run_group(group: list[tuple[_Peer, Any]], by_name: dict[str, Any], metrics: EngineMetrics | None = None
+               ) -> None:
+    """One engine call over a group's merged inputs (on an engine thread); each run's reply goes straight
+    back to its server process from this thread."""
+    first = group[0][1]
+    model = by_name.get(first[2])
+    items = [item for _, message in group for item in message[4]]
     try:
-        first = group[0][1]
-        model = by_name.get(first[2])
-        items = [item for _, message in group for item in message[4]]
-        try:
-            if model is None:
-                raise KeyError(f"model {first[2]!r} is not loaded in the engine host")
-            started = time.perf_counter()
-            results = model.run(first[3], items)
-            if metrics is not None:
-                metrics.call_duration.observe(time.perf_counter() - started)
-                metrics.batch_size.observe(len(items))
-        except Exception as error:  # noqa: BLE001 - each server process retries its jobs alone (MicroBatcher)
-            replies = [(peer, _reply_frame(message[1], False, error)) for peer, message in group]
-            return
-        position = 0
+        if model is None:
+            raise KeyError(f"model {first[2]!r} is not loaded in the engine host")
+        started = time.perf_counter()
+        results = model.run(first[3], items)
+        if metrics is not None:
+            metrics.call_duration.observe(time.perf_counter() - started)
+            metrics.batch_size.observe(len(items))
+    except Exception as error:  # noqa: BLE001 - each server process retries its jobs alone (MicroBatcher)
+        replies = [(peer, _reply_frame(message[1], False, error)) for peer, message in group]
+    else:
+        replies, position = [], 0
         for peer, message in group:
             count = len(message[4])
             replies.append((peer, _reply_frame(message[1], True, results[position : position + count])))
             position += count
-    finally:
-        finished.put(replies)
-        with contextlib.suppress(OSError):
-            wake.send(b"x")
+    by_peer: dict[_Peer, list[bytes]] = {}
+    for peer, frame in replies:
+        by_peer.setdefault(peer, []).append(frame)
+    for peer, frames in by_peer.items():  # one send a server process: its event loop wakes once for them all
+        peer.send(b"".join(frames))
 
 
 class HostClient:
@@ -342,17 +373,25 @@ class HostClient:
             self._waiting.pop(message[1], None)
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        buffer = bytearray()
         try:
-            while True:
-                (size,) = FRAME.unpack(await reader.readexactly(FRAME.size))
-                call_id, ok, value = pickle.loads(await reader.readexactly(size))
-                future = self._waiting.get(call_id)
-                if future is not None and not future.done():
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(value)
-        except (asyncio.IncompleteReadError, ConnectionError):
+            while chunk := await reader.read(1 << 20):  # whatever has arrived: often several replies at once
+                buffer += chunk
+                while len(buffer) >= FRAME.size:
+                    (size,) = FRAME.unpack_from(buffer)
+                    if len(buffer) < FRAME.size + size:
+                        break
+                    call_id, ok, value = pickle.loads(buffer[FRAME.size : FRAME.size + size])
+                    del buffer[: FRAME.size + size]
+                    future = self._waiting.get(call_id)
+                    if future is not None and not future.done():
+                        if ok:
+                            future.set_result(value)
+                        else:
+                            future.set_exception(value)
+        except ConnectionError:
+            pass
+        finally:
             for future in self._waiting.values():
                 if not future.done():
                     future.set_exception(RuntimeError("the engine host has stopped"))

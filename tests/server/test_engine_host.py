@@ -134,3 +134,37 @@ def test_calls_after_the_host_has_gone_fail_at_once(tmp_path):
     errors = asyncio.run(main())
     listener.close()
     assert all(isinstance(e, RuntimeError) and "stopped" in str(e) for e in errors), errors
+
+
+def test_a_server_process_that_leaves_gets_no_replies_and_its_socket_is_not_written_once_closed(host):
+    """A server process leaves while its runs are in engine calls (held) and queued. A second one connects
+    (its socket may reuse the first one's descriptor number) and asks with the same call ids: when the
+    held calls finish, their replies are not written to the new connection, and the queued run of the
+    one that left is never run."""
+    path, model = host
+
+    async def main() -> list[Any]:
+        leaving = HostClient(path)
+        await leaving.start()
+        held = [asyncio.ensure_future(leaving.run("m", ("hold", n), [f"h{n}"])) for n in (1, 2)]
+        queued = asyncio.ensure_future(leaving.run("m", ("k",), ["never"]))
+        for _ in range(200):  # both engine calls are busy with the held runs
+            if len(model.calls) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await leaving.stop()
+        await asyncio.sleep(0.2)  # the host has seen the connection end
+        staying = HostClient(path)
+        await staying.start()
+        try:
+            answers = asyncio.gather(staying.run("m", ("k",), ["b"]), staying.run("m", ("k2",), ["c"]))
+            await asyncio.sleep(0.2)
+            model.release.set()
+            return await asyncio.wait_for(answers, 10)
+        finally:
+            await staying.stop()
+            gone = await asyncio.gather(*held, queued, return_exceptions=True)
+            assert all(isinstance(e, RuntimeError) and "stopped" in str(e) for e in gone), gone
+
+    assert asyncio.run(main()) == [["b!"], ["c!"]]
+    assert [items for _, items in model.calls if items == ["never"]] == []
