@@ -29,6 +29,64 @@ def test_an_item_longer_than_the_budget_runs_alone():
     assert list(schedule.token_budget_batches([0, 1], [50, 5], token_budget=20, padded=True)) == [[0], [1]]
 
 
+def _padded_cost(parts: list[list[int]], lengths: list[int], overhead: int) -> int:
+    return sum(overhead + len(part) * max(lengths[i] for i in part) for part in parts)
+
+
+def test_a_padded_batch_is_cut_where_the_padding_saved_outweighs_the_extra_batches():
+    """Against every way of cutting the sorted batch into consecutive parts (random small cases): the
+    parts chosen cost the least, keep the order, and lose no index."""
+    import itertools
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(1, 8)
+        lengths = [rng.choice([2, 3, 5, 9, 17, 40, 41]) for _ in range(n)]
+        overhead = rng.choice([0, 4, 16, 64, 1000])
+        batch = schedule.length_order(lengths)
+        parts = schedule.split_padding(batch, lengths, overhead)
+        assert [i for part in parts for i in part] == batch
+        least = min(
+            _padded_cost([batch[a:b] for a, b in zip((0, *cuts), (*cuts, n))], lengths, overhead)
+            for k in range(n) for cuts in itertools.combinations(range(1, n), k)
+        )
+        assert _padded_cost(parts, lengths, overhead) == least
+
+
+def test_token_budget_batches_with_an_overhead_cut_only_inside_the_budgets_batches():
+    lengths = [40, 38, 6, 5, 5, 4]
+    order = schedule.length_order(lengths)
+    greedy = list(schedule.token_budget_batches(order, lengths, token_budget=200, padded=True))
+    assert greedy == [[0, 1, 2, 3, 4], [5]]
+    cut = list(schedule.token_budget_batches(order, lengths, token_budget=200, padded=True, batch_overhead=16))
+    assert cut == [[0, 1], [2, 3, 4], [5]]
+    assert list(schedule.token_budget_batches(order, lengths, token_budget=200, padded=False,
+                                              batch_overhead=16)) == [order]  # packed batches have no padding
+
+
+def test_a_cpu_call_of_mixed_lengths_runs_in_parts_with_the_same_vectors(m3_path):
+    """Padded batches on the CPU: two long texts and many short ones run as two batches instead of one
+    padded to the longest, and every vector is the one the single batch gives."""
+    model = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    engine = model.loaded.engine
+    assert not engine.packed and engine.batch_overhead is not None
+    texts = ["a long passage about search " * 6, "another long passage on retrieval " * 5] + \
+        [f"short {i}" for i in range(10)]
+    engine.batch_overhead = None
+    before = engine.forward_calls
+    whole = model.encode(texts, sparse=True)
+    assert engine.forward_calls - before == 1
+    engine.batch_overhead = 32
+    before = engine.forward_calls
+    parts = model.encode(texts, sparse=True)
+    assert engine.forward_calls - before == 2
+    np.testing.assert_allclose(parts.dense, whole.dense, atol=1e-5)
+    for a, b in zip(parts.lexical_weights, whole.lexical_weights):
+        assert a.keys() == b.keys()
+        assert np.allclose(list(a.values()), list(b.values()), atol=1e-5)
+
+
 def test_the_cycle_collector_pauses_for_a_call_and_resumes_as_it_was(m3_path, parity_texts, monkeypatch):
     import gc
 

@@ -28,6 +28,12 @@ from bge_core.models.encoder import fused_encoder
 #: batches keep a layer's activations in cache: 2,048 tokens ran 3,249 tok/s against 1,990 for 16,384
 #: (bge-small shape, 2,000 passages, 2 cores; 1,024 gave 3,195).
 DEFAULT_TOKEN_BUDGET = {"cuda": 65536, "cpu": 2048}
+#: What one more padded batch costs, in padded tokens, where batches are padded (the CPU): the engine cuts a
+#: batch of mixed lengths into parts where that saves more padding than this. bge-small shape on the 2-core
+#: machine: a batch costs ~9–12 ms plus ~0.21 ms a padded token (45–55 tokens' worth; less for larger
+#: models, whose tokens cost more), so a server's merged call of 21 queries of 4–40 words, padded to the
+#: longest, cost ~3× its real tokens.
+BATCH_OVERHEAD_TOKENS = {"cpu": 32}
 #: How PyTorch allocates the pinned host memory outputs are copied into (see `_fast_pinned_memory`).
 PINNED_SETTINGS = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
 #: Most inputs tokenized at a time on the packed path (the next chunk is tokenized while this one runs).
@@ -156,6 +162,7 @@ class Engine:
         # Small batches (an online query, a server's merged queries) replay CUDA graphs instead of
         # launching kernels one by one.
         self.graphs = GraphCache(family, device) if self.packed and device.type == "cuda" else None
+        self.batch_overhead = None if self.packed else BATCH_OVERHEAD_TOKENS.get(device.type)
         if device.type == "cuda":
             _fast_pinned_memory()
         self._tokenizer_lock = threading.Lock()
@@ -262,7 +269,7 @@ class Engine:
             _check_lengths(tokenized, max_length)
         lengths = [len(t.ids) for t in tokenized]
         groups = list(schedule.token_budget_batches(schedule.length_order(lengths), lengths, budget,
-                                                    padded=not self.packed))
+                                                    padded=not self.packed, batch_overhead=self.batch_overhead))
         kept = []
         if hold and groups and sum(lengths[i] for i in groups[-1]) < budget // 2:
             kept = groups.pop()
