@@ -138,7 +138,7 @@ def load(url: str, path: str, field: str, batches: list[list[str]], clients: int
     The clients run in up to `processes` load-generator processes (asyncio each, uvloop where installed,
     raw keep-alive HTTP/1.1), so that one generator's Python is not the ceiling of what is measured.
     Throughput counts from the common start to the last answer; `on_start()` is called at that start."""
-    processes = max(1, min(processes, clients))
+    processes = max(1, min(processes, clients, len(batches)))  # no generator without a request to send
     shares = [batches[i::processes] for i in range(processes)]
     per_process = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     spawn = multiprocessing.get_context("spawn")
