@@ -71,9 +71,9 @@ class EmbedRows:
         return [getattr(self, name) for name in EmbedRow._fields]
 
     def __getitem__(self, part: slice) -> EmbedRows:
-        start, stop, step = part.indices(self.count) if isinstance(part, slice) else (0, 0, 0)
-        if step != 1:
+        if not isinstance(part, slice) or part.step not in (None, 1):
             raise TypeError("EmbedRows are sliced in order (rows[a:b]); iterate them for single rows")
+        start, stop, _ = part.indices(self.count)
         return EmbedRows(max(stop - start, 0),
                          *(None if column is None else column[start:stop] for column in self.columns()))
 
