@@ -72,7 +72,7 @@ class MicroBatcher:
         self._join = join or (lambda parts: [result for part in parts for result in part])
         self._remote = remote
         self.max_items = max_items
-        self._workers = workers
+        self.workers = workers  # engine calls in flight at once
         self._metrics = metrics
         self._name = name
         self._queue: collections.deque[_Job] = collections.deque()
@@ -86,8 +86,8 @@ class MicroBatcher:
         """Start the worker tasks (on the running event loop)."""
         self._wakeup = asyncio.Event()
         if not self._remote:
-            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=f"bge-{self._name}")
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"bge-{self._name}")
+        self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
         """Stop the workers; jobs still queued fail with Unhealthy."""

@@ -38,7 +38,8 @@ class ServerConfig:
         auto_truncate: cut over-long inputs when a request does not say (TEI's ``truncate: null``).
         payload_limit: largest request body in bytes (413 past it).
         batch_items: most inputs merged into one engine call (bigger requests are cut into pieces this size).
-        calls_in_flight: engine calls in flight per model (tokenizing one while the device runs another).
+        calls_in_flight: engine calls in flight per model; None: 2 on a GPU (one tokenizes while the device
+            runs the other), 1 on the CPU (see `calls_for`).
         processes: HTTP server processes sharing the listening socket; their requests are merged into the
             calls of one engine host (the models are loaded once). /metrics adds up all of them.
         device: one device, or several (each model then runs on all of them, one worker process each).
@@ -67,7 +68,7 @@ class ServerConfig:
     auto_truncate: bool = True
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     batch_items: int = 512
-    calls_in_flight: int = 2
+    calls_in_flight: int | None = None
     processes: int = 1
     engine_process: bool = False
     engine_host: str | None = None
@@ -83,5 +84,19 @@ class ServerConfig:
             )
         for name in ("max_client_batch_size", "max_concurrent_requests", "payload_limit", "batch_items",
                      "calls_in_flight", "processes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def calls_for(self, device: str | list[str]) -> int:
+        """Engine calls in flight for a model on `device`: `calls_in_flight` where set; else 1 on the CPU,
+        where the model's arithmetic takes the host's cores and a second call in flight only splits the
+        waiting requests into smaller, slower batches (16 single-query clients, bge-small shape, 2 cores:
+        133 → 169 texts/s with one); else 2.
+
+        Example:
+            >>> ServerConfig(models=["m"]).calls_for("cpu"), ServerConfig(models=["m"]).calls_for("cuda:0")
+            (1, 2)
+        """
+        if self.calls_in_flight is not None:
+            return self.calls_in_flight
+        return 1 if device == "cpu" else 2

@@ -169,14 +169,15 @@ class ModelSet:
             raw = Embedder(embedder, normalize=False, reuse_outputs=False, warm_up=False)
             served = ServedEmbedder(name, model_id, embedder, raw, None)  # type: ignore[arg-type]
             served.batcher = MicroBatcher(served.run, max_items=config.batch_items,
-                                          workers=config.calls_in_flight, metrics=metrics, name=name,
+                                          workers=config.calls_for(embedder.device), metrics=metrics, name=name,
                                           join=EmbedRows.join)
             embedders.append(served)
         for model_id in config.rerankers:
             name = names.pop(0) if names else model_id
-            served_rr = ServedReranker(name, model_id, Reranker(model_id, warm_up=True, **options), None)  # type: ignore[arg-type]
+            reranker = Reranker(model_id, warm_up=True, **options)
+            served_rr = ServedReranker(name, model_id, reranker, None)  # type: ignore[arg-type]
             served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items,
-                                             workers=config.calls_in_flight, metrics=metrics, name=name)
+                                             workers=config.calls_for(reranker.device), metrics=metrics, name=name)
             rerankers.append(served_rr)
         seen: set[str] = set()
         for served_model in [*embedders, *rerankers]:
@@ -199,7 +200,7 @@ class ModelSet:
         """
         embedders, rerankers = [], []
         # Calls this process has at the host at once; BGE_SERVE_HTTP_CALLS overrides it (for measuring).
-        in_flight = calls_from_env("BGE_SERVE_HTTP_CALLS", config.calls_in_flight)
+        in_flight = calls_from_env("BGE_SERVE_HTTP_CALLS", config.calls_in_flight or 2)
         for described in host.call_blocking("", "describe_all"):
             handle = RemoteHandle(host, described)
             batcher = MicroBatcher(partial(host.run, described["name"]), max_items=config.batch_items,

@@ -101,3 +101,18 @@ async def test_a_client_that_leaves_while_waiting_gets_client_gone_and_costs_no_
         assert await batcher.submit("k", ["next"]) == ["k:next"]  # the batcher goes on
         assert engine.calls == [["busy"], ["next"]]  # the leaver's items never reached the engine
         assert batcher.dropped == (1 if size == 1 else 2)
+
+
+def test_models_on_the_cpu_get_one_engine_call_in_flight_unless_told(dense_path, cross_encoder_path):
+    """On the CPU a second call in flight only splits the waiting requests into smaller batches: each model's
+    batcher runs one call at a time there, and `calls_in_flight` still decides when given."""
+    from bge_server import ServerConfig
+    from bge_server.metrics import Metrics
+    from bge_server.models import ModelSet
+
+    for asked, expected in ((None, 1), (2, 2)):
+        config = ServerConfig(models=[dense_path], rerankers=[cross_encoder_path], device="cpu", calls_in_flight=asked)
+        models = ModelSet.load(config, Metrics())
+        assert [m.batcher.workers for m in models.all()] == [expected, expected]
+    assert ServerConfig(models=["m"]).calls_for("cuda:0") == 2
+    assert ServerConfig(models=["m"]).calls_for(["cuda:0", "cuda:1"]) == 2
