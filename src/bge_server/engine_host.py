@@ -8,7 +8,8 @@ asyncio; the host runs nothing but the engine. Every HTTP process (``--workers N
 same host, which merges the requests of all of them into shared engine calls, so the models are
 loaded once and the device sees one stream of batches.
 
-Two engine calls run at once (`ENGINE_CALLS`, each on a thread of the host): while one call's batch runs
+Two engine calls run at once (each on a thread of the host; one where every model is on the CPU, see
+`ServerConfig.calls_for`; `BGE_SERVE_ENGINE_CALLS` overrides it): while one call's batch runs
 on the device, the other tokenizes, packs or builds its rows, so the device does not wait for the host's
 Python between merged calls (at 64 single-query clients the host, not the device, was the limit). The
 main thread reads the sockets and queues the runs; an engine thread that comes free takes every queued
@@ -46,8 +47,8 @@ from bge_server.metrics import EngineMetrics, Metrics
 FRAME = struct.Struct("!I")
 
 
-#: Engine calls the host runs at once: one on the device while the next one's host work is done.
-ENGINE_CALLS = calls_from_env("BGE_SERVE_ENGINE_CALLS", 2)
+#: Overrides the engine calls the host runs at once (for measuring).
+ENGINE_CALLS_ENV = "BGE_SERVE_ENGINE_CALLS"
 
 
 def _frame(message: Any) -> bytes:
@@ -144,13 +145,26 @@ def host_main(config: ServerConfig, path: str, ready: Any) -> None:
     listener.listen(256)
     parent = multiprocessing.parent_process()
     ready.send(("ready", [describe(m) for m in models.all()]))
+    calls = engine_calls(config, [describe(m) for m in models.all()])
     serve_calls(listener, by_name, config.batch_items, stop=None if parent is None else parent.sentinel,
-                metrics=EngineMetrics())
+                metrics=EngineMetrics(), engine_calls=calls)
+
+
+def engine_calls(config: ServerConfig, described: list[dict[str, Any]]) -> int:
+    """Engine calls the host runs at once for its models: one on the device while the next one's host work is
+    done, or one at a time where every model is on the CPU (`ServerConfig.calls_for`); `BGE_SERVE_ENGINE_CALLS`
+    overrides it.
+
+    Example:
+        >>> engine_calls(ServerConfig(models=["m"]), [{"device": "cpu"}, {"device": "cuda:0"}])
+        2
+    """
+    return calls_from_env(ENGINE_CALLS_ENV, max(config.calls_for(model["device"]) for model in described))
 
 
 def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None,
-                metrics: EngineMetrics | None = None) -> None:
-    """The host's loop: accept server processes on `listener`, queue their runs for `ENGINE_CALLS` engine
+                metrics: EngineMetrics | None = None, engine_calls: int = 2) -> None:
+    """The host's loop: accept server processes on `listener`, queue their runs for `engine_calls` engine
     threads (each merges what is queued into one engine call and sends the replies itself), answer other
     calls at once; return when `stop` (a file descriptor, e.g. the parent process's sentinel) becomes
     readable. Each engine call's size and time go to `metrics`.
@@ -164,7 +178,7 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
     if stop is not None:
         selector.register(stop, selectors.EVENT_READ, "stop")
     runs = _Runs(max_items)
-    for number in range(ENGINE_CALLS):
+    for number in range(engine_calls):
         threading.Thread(target=_engine_thread, args=(runs, by_name, metrics), name=f"bge-engine-call-{number}",
                          daemon=True).start()
     try:

@@ -168,3 +168,16 @@ def test_a_server_process_that_leaves_gets_no_replies_and_its_socket_is_not_writ
 
     assert asyncio.run(main()) == [["b!"], ["c!"]]
     assert [items for _, items in model.calls if items == ["never"]] == []
+
+
+def test_the_host_runs_one_call_at_a_time_only_when_every_model_is_on_the_cpu(monkeypatch):
+    from bge_server import ServerConfig
+    from bge_server.engine_host import engine_calls
+
+    monkeypatch.delenv("BGE_SERVE_ENGINE_CALLS", raising=False)
+    config = ServerConfig(models=["m"])
+    assert engine_calls(config, [{"device": "cpu"}, {"device": "cpu"}]) == 1
+    assert engine_calls(config, [{"device": "cpu"}, {"device": "cuda:0"}]) == 2
+    assert engine_calls(ServerConfig(models=["m"], calls_in_flight=3), [{"device": "cpu"}]) == 3
+    monkeypatch.setenv("BGE_SERVE_ENGINE_CALLS", "2")
+    assert engine_calls(config, [{"device": "cpu"}]) == 2
