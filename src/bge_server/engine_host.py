@@ -260,7 +260,11 @@ class _Runs:
 
 def _engine_thread(runs: _Runs, by_name: dict[str, Any], metrics: EngineMetrics | None) -> None:
     while (group := runs.take()) is not None:
-        _run_group(group, by_name, metrics)
+        try:
+            _run_group(group, by_name, metrics)
+        except Exception as error:  # noqa: BLE001 - a fault past the model call must not end this thread
+            for peer, message in group:  # a run already answered ignores a second reply
+                peer.reply(message[1], False, RuntimeError(f"the engine host failed: {error}"))
 
 
 def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any], metrics: EngineMetrics | None = None) -> None:

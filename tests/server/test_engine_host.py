@@ -181,3 +181,15 @@ def test_the_host_runs_one_call_at_a_time_only_when_every_model_is_on_the_cpu(mo
     assert engine_calls(ServerConfig(models=["m"], calls_in_flight=3), [{"device": "cpu"}]) == 3
     monkeypatch.setenv("BGE_SERVE_ENGINE_CALLS", "2")
     assert engine_calls(config, [{"device": "cpu"}]) == 2
+
+
+def test_a_fault_after_the_model_call_answers_with_an_error_and_the_thread_keeps_serving(host):
+    """A model call that returns something the host cannot cut into its runs' replies: those runs get an
+    error (not a wait that never ends), and both engine threads keep serving."""
+    path, model = host
+    original = model.run
+    model.run = lambda key, items: 42 if key == ("broken",) else original(key, items)
+    broken, ok = _run(path, [(("broken",), ["x"]), (("k",), ["y"])])
+    assert isinstance(broken, RuntimeError) and "engine host failed" in str(broken)
+    assert ok == ["y!"]
+    assert _run(path, [(("k", n), [f"z{n}"]) for n in range(4)]) == [[f"z{n}!"] for n in range(4)]
