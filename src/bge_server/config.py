@@ -19,6 +19,9 @@ def calls_from_env(variable: str, default: int) -> int:
     return int(value)
 
 
+#: Calls in flight at once: one is tokenized or answered while the device runs the other (a model on the
+#: CPU runs one at a time, `ServerConfig.calls_for`).
+CALLS_IN_FLIGHT = 2
 #: TEI's `--payload-limit` default, in bytes.
 DEFAULT_PAYLOAD_LIMIT = 2_000_000
 
@@ -99,4 +102,4 @@ class ServerConfig:
         """
         if self.calls_in_flight is not None:
             return self.calls_in_flight
-        return 1 if device == "cpu" else 2
+        return 1 if device == "cpu" else CALLS_IN_FLIGHT

@@ -41,7 +41,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from bge_server.config import ServerConfig, calls_from_env
+from bge_server.config import CALLS_IN_FLIGHT, ServerConfig, calls_from_env
 from bge_server.metrics import EngineMetrics, Metrics
 
 FRAME = struct.Struct("!I")
@@ -68,14 +68,7 @@ class _Peer:
         self.closed = False
 
     def messages(self) -> list[Any]:
-        found = []
-        while len(self.buffer) >= FRAME.size:
-            (size,) = FRAME.unpack_from(self.buffer)
-            if len(self.buffer) < FRAME.size + size:
-                break
-            found.append(pickle.loads(bytes(self.buffer[FRAME.size : FRAME.size + size])))
-            del self.buffer[: FRAME.size + size]
-        return found
+        return _take_messages(self.buffer)
 
     def reply(self, call_id: int, ok: bool, value: Any) -> None:
         self.send(_reply_frame(call_id, ok, value))
@@ -97,6 +90,19 @@ class _Peer:
         with self.lock:
             self.closed = True
             self.sock.close()
+
+
+def _take_messages(buffer: bytearray) -> list[Any]:
+    """The complete messages at the start of `buffer`, unpickled and removed from it (a part of the next
+    one stays for more bytes)."""
+    found = []
+    while len(buffer) >= FRAME.size:
+        (size,) = FRAME.unpack_from(buffer)
+        if len(buffer) < FRAME.size + size:
+            break
+        found.append(pickle.loads(buffer[FRAME.size : FRAME.size + size]))
+        del buffer[: FRAME.size + size]
+    return found
 
 
 def _reply_frame(call_id: int, ok: bool, value: Any) -> bytes:
@@ -163,7 +169,7 @@ def engine_calls(config: ServerConfig, described: list[dict[str, Any]]) -> int:
 
 
 def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None,
-                metrics: EngineMetrics | None = None, engine_calls: int = 2) -> None:
+                metrics: EngineMetrics | None = None, engine_calls: int = CALLS_IN_FLIGHT) -> None:
     """The host's loop: accept server processes on `listener`, queue their runs for `engine_calls` engine
     threads (each merges what is queued into one engine call and sends the replies itself), answer other
     calls at once; return when `stop` (a file descriptor, e.g. the parent process's sentinel) becomes
@@ -395,12 +401,7 @@ class HostClient:
         try:
             while chunk := await reader.read(1 << 20):  # whatever has arrived: often several replies at once
                 buffer += chunk
-                while len(buffer) >= FRAME.size:
-                    (size,) = FRAME.unpack_from(buffer)
-                    if len(buffer) < FRAME.size + size:
-                        break
-                    call_id, ok, value = pickle.loads(buffer[FRAME.size : FRAME.size + size])
-                    del buffer[: FRAME.size + size]
+                for call_id, ok, value in _take_messages(buffer):
                     future = self._waiting.get(call_id)
                     if future is not None and not future.done():
                         if ok:

@@ -13,7 +13,7 @@ import numpy as np
 
 from bge_core import Embedder, Reranker
 from bge_server.batcher import MicroBatcher
-from bge_server.config import ServerConfig, calls_from_env
+from bge_server.config import CALLS_IN_FLIGHT, ServerConfig, calls_from_env
 from bge_server.errors import ApiError
 from bge_server.metrics import Metrics
 
@@ -200,7 +200,7 @@ class ModelSet:
         """
         embedders, rerankers = [], []
         # Calls this process has at the host at once; BGE_SERVE_HTTP_CALLS overrides it (for measuring).
-        in_flight = calls_from_env("BGE_SERVE_HTTP_CALLS", config.calls_in_flight or 2)
+        in_flight = calls_from_env("BGE_SERVE_HTTP_CALLS", config.calls_in_flight or CALLS_IN_FLIGHT)
         for described in host.call_blocking("", "describe_all"):
             handle = RemoteHandle(host, described)
             batcher = MicroBatcher(partial(host.run, described["name"]), max_items=config.batch_items,
