@@ -147,5 +147,8 @@ def staging(device: torch.device) -> PinnedStaging:
         >>> staging(torch.device("cuda", 0)) is staging(torch.device("cuda", 0))  # doctest: +SKIP
         True
     """
-    with _STAGING_LOCK:
-        return _STAGING.setdefault(device, PinnedStaging())
+    with _STAGING_LOCK:  # made only when missing: this runs for every large batch
+        found = _STAGING.get(device)
+        if found is None:
+            found = _STAGING[device] = PinnedStaging()
+        return found
