@@ -80,7 +80,7 @@ def split_padding(batch: list[int], lengths: Sequence[int], batch_overhead: int)
         return [batch]
     starts.append(len(batch))
     # best[g]: least cost of the rows before distinct length g; cut[g]: where its last part starts
-    best, cut = [0] + [0] * (len(starts) - 1), [0] * len(starts)
+    best, cut = [0] * len(starts), [0] * len(starts)
     for g in range(1, len(starts)):
         end = starts[g]
         best[g], cut[g] = min((best[a] + batch_overhead + (end - starts[a]) * lengths[batch[starts[a]]], a)
