@@ -5,6 +5,13 @@ per model. A worker takes the oldest job and every queued job with the same opti
 `max_items` inputs, runs one engine call over the merged inputs in a worker thread (never on the event
 loop), and hands each job its slice of the results. While that call runs, new requests queue up and
 form the next merged call. A job whose client has gone before its call starts is dropped.
+
+Clients that wait for each answer before sending again split into convoys when the next call starts the
+moment the last one ends: the clients just answered miss it and wait a whole call for the one after.
+With `rejoin_wait`, a worker holds its next call, for at most that fraction of the call it just made
+(and `REJOIN_WAIT_MAX_S`), until the clients it answered have sent again; a lone client that comes back
+starts its call at once. `bge serve` leaves it off unless asked (`ServerConfig.rejoin_wait`,
+$BGE_SERVE_REJOIN_WAIT).
 """
 
 from __future__ import annotations
@@ -25,6 +32,10 @@ from bge_server.metrics import Metrics
 
 #: A request still waiting this long starts watching for its client's disconnect.
 WATCH_AFTER_S = 0.05
+#: The longest a worker holds a call for answered clients (`rejoin_wait`), however long the last call was:
+#: clients on loopback or a LAN are back within milliseconds, and clients that are done must not idle the
+#: engine for a quarter of a long batch call.
+REJOIN_WAIT_MAX_S = 0.025
 #: The engine call of one model: (options key, merged inputs) → one result per input, in order.
 RunFn = Callable[[Hashable, list[Any]], list[Any]]
 #: The same call made by another process (the engine host), awaited on the event loop.
@@ -57,6 +68,8 @@ class MicroBatcher:
         metrics: where queue and batch figures go.
         join: puts the result parts of a split request back together (default: list concatenation);
             a run that returns a columnar result (`EmbedRows`) gives its own.
+        rejoin_wait: after a call, how long a worker may hold the next one for the inputs it just answered
+            to come back, as a fraction of the call's duration (0: start at once; never past REJOIN_WAIT_MAX_S).
 
     Example:
         >>> batcher = MicroBatcher(lambda key, items: [len(t) for t in items], max_items=512)
@@ -67,12 +80,15 @@ class MicroBatcher:
 
     def __init__(self, run: RunFn | AsyncRunFn, *, max_items: int = 512, workers: int = 2,
                  metrics: Metrics | None = None, name: str = "model", remote: bool = False,
-                 join: Callable[[list[Any]], Any] | None = None) -> None:
+                 join: Callable[[list[Any]], Any] | None = None, rejoin_wait: float = 0.0) -> None:
+        if rejoin_wait < 0:
+            raise ValueError(f"rejoin_wait must be at least 0, got {rejoin_wait}")
         self._run = run
         self._join = join or (lambda parts: [result for part in parts for result in part])
         self._remote = remote
         self.max_items = max_items
         self.workers = workers  # engine calls in flight at once
+        self.rejoin_wait = rejoin_wait
         self._metrics = metrics
         self._name = name
         self._queue: collections.deque[_Job] = collections.deque()
@@ -164,7 +180,11 @@ class MicroBatcher:
 
     async def _work(self) -> None:
         assert self._wakeup is not None
+        rejoin: tuple[int, float] | None = None  # (inputs to wait for, until when) after a call
         while True:
+            if rejoin is not None:
+                await self._await_rejoin(*rejoin)
+                rejoin = None
             batch = self._take()
             if not batch:
                 self._wakeup.clear()
@@ -187,8 +207,26 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_result(results[position : position + len(job.items)])
                     position += len(job.items)
+            ended = time.perf_counter()
             if self._metrics is not None:
-                self._metrics.inference_duration.observe(time.perf_counter() - started)
+                self._metrics.inference_duration.observe(ended - started)
+            if self.rejoin_wait:
+                window = min(self.rejoin_wait * (ended - started), REJOIN_WAIT_MAX_S)
+                rejoin = (self.queued + len(items), ended + window)
+
+    async def _await_rejoin(self, inputs: int, deadline: float) -> None:
+        """Wait until `inputs` inputs are queued (at most a call's worth) or until `deadline`."""
+        assert self._wakeup is not None
+        inputs = min(inputs, self.max_items)
+        while self.queued < inputs:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
 
     async def _run_alone(self, batch: list[_Job], error: Exception) -> None:
         """A merged call failed: one job's bad input (e.g. too long with truncate off) must not fail the

@@ -22,6 +22,8 @@ def calls_from_env(variable: str, default: int) -> int:
 #: Calls in flight at once: one is tokenized or answered while the device runs the other (a model on the
 #: CPU runs one at a time, `ServerConfig.calls_for`).
 CALLS_IN_FLIGHT = 2
+#: Sets `ServerConfig.rejoin_wait` where the configuration leaves it unset (for measuring).
+REJOIN_WAIT_ENV = "BGE_SERVE_REJOIN_WAIT"
 #: TEI's `--payload-limit` default, in bytes.
 DEFAULT_PAYLOAD_LIMIT = 2_000_000
 
@@ -43,6 +45,8 @@ class ServerConfig:
         batch_items: most inputs merged into one engine call (bigger requests are cut into pieces this size).
         calls_in_flight: engine calls in flight per model; None: 2 on a GPU (one tokenizes while the device
             runs the other), 1 on the CPU (see `calls_for`).
+        rejoin_wait: after an engine call, the longest a batcher waits for the clients it answered before
+            the next call, as a fraction of the call (`MicroBatcher`); None: $BGE_SERVE_REJOIN_WAIT, else 0.
         processes: HTTP server processes sharing the listening socket; their requests are merged into the
             calls of one engine host (the models are loaded once). /metrics adds up all of them.
         device: one device, or several (each model then runs on all of them, one worker process each).
@@ -72,6 +76,7 @@ class ServerConfig:
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     batch_items: int = 512
     calls_in_flight: int | None = None
+    rejoin_wait: float | None = None
     processes: int = 1
     engine_process: bool = False
     engine_host: str | None = None
@@ -89,6 +94,8 @@ class ServerConfig:
                      "calls_in_flight", "processes"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.rejoin_wait is not None and not self.rejoin_wait >= 0:
+            raise ValueError(f"rejoin_wait must be at least 0, got {self.rejoin_wait}")
 
     def calls_for(self, device: str | list[str]) -> int:
         """Engine calls in flight for a model on `device`: `calls_in_flight` where set; else 1 on the CPU,
@@ -103,3 +110,25 @@ class ServerConfig:
         if self.calls_in_flight is not None:
             return self.calls_in_flight
         return 1 if device == "cpu" else CALLS_IN_FLIGHT
+
+    def batcher_rejoin_wait(self) -> float:
+        """`rejoin_wait` where set, else $BGE_SERVE_REJOIN_WAIT, else 0 (each call starts at once). Off by
+        default: on two CPU cores it merged twice the inputs per call but gained no throughput that the
+        machine's noise did not also give (BENCHMARKS.md, twelfth session); not measured on a GPU yet.
+
+        Example:
+            >>> ServerConfig(models=["m"], rejoin_wait=0.25).batcher_rejoin_wait()
+            0.25
+        """
+        if self.rejoin_wait is not None:
+            return self.rejoin_wait
+        value = os.environ.get(REJOIN_WAIT_ENV)
+        if value is None:
+            return 0.0
+        try:
+            wait = float(value)
+        except ValueError:
+            wait = -1.0
+        if not wait >= 0:
+            raise ValueError(f"{REJOIN_WAIT_ENV} must be a number of at least 0, got {value!r}")
+        return wait

@@ -170,14 +170,15 @@ class ModelSet:
             served = ServedEmbedder(name, model_id, embedder, raw, None)  # type: ignore[arg-type]
             served.batcher = MicroBatcher(served.run, max_items=config.batch_items,
                                           workers=config.calls_for(embedder.device), metrics=metrics, name=name,
-                                          join=EmbedRows.join)
+                                          join=EmbedRows.join, rejoin_wait=config.batcher_rejoin_wait())
             embedders.append(served)
         for model_id in config.rerankers:
             name = names.pop(0) if names else model_id
             reranker = Reranker(model_id, warm_up=True, **options)
             served_rr = ServedReranker(name, model_id, reranker, None)  # type: ignore[arg-type]
             served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items,
-                                             workers=config.calls_for(reranker.device), metrics=metrics, name=name)
+                                             workers=config.calls_for(reranker.device), metrics=metrics, name=name,
+                                             rejoin_wait=config.batcher_rejoin_wait())
             rerankers.append(served_rr)
         seen: set[str] = set()
         for served_model in [*embedders, *rerankers]:
@@ -205,7 +206,8 @@ class ModelSet:
             handle = RemoteHandle(host, described)
             batcher = MicroBatcher(partial(host.run, described["name"]), max_items=config.batch_items,
                                    workers=in_flight, metrics=metrics, name=described["name"], remote=True,
-                                   join=EmbedRows.join if described["kind"] == "embedding" else None)
+                                   join=EmbedRows.join if described["kind"] == "embedding" else None,
+                                   rejoin_wait=config.batcher_rejoin_wait())
             if described["kind"] == "embedding":
                 embedders.append(ServedEmbedder(described["name"], described["model_id"], handle, handle,  # type: ignore[arg-type]
                                                 batcher, host))

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from starlette.requests import Request
 
+from bge_server import batcher as batcher_module
 from bge_server.batcher import WATCH_AFTER_S, ClientGone, MicroBatcher
+from bge_server.config import REJOIN_WAIT_ENV, ServerConfig
 
 
 class Engine:
@@ -116,3 +119,93 @@ def test_models_on_the_cpu_get_one_engine_call_in_flight_unless_told(dense_path,
         assert [m.batcher.workers for m in models.all()] == [expected, expected]
     assert ServerConfig(models=["m"]).calls_for("cuda:0") == 2
     assert ServerConfig(models=["m"]).calls_for(["cuda:0", "cuda:1"]) == 2
+
+
+class TimedEngine:
+    """An engine call that takes `seconds` whatever its size, and records when each call started."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.calls: list[tuple[float, int]] = []  # (start, inputs)
+
+    def __call__(self, key: Any, items: list[str]) -> list[str]:
+        self.calls.append((time.perf_counter(), len(items)))
+        time.sleep(self.seconds)
+        return list(items)
+
+
+async def closed_loop_clients(batcher: MicroBatcher, clients: int, requests: int, think_s: float) -> None:
+    """`clients` clients that each send a request, await its answer, pause `think_s` (the HTTP round trip)
+    and send the next; the first half start at once, the others a moment later, as they connect."""
+
+    async def client(index: int) -> None:
+        if index >= clients // 2:
+            await asyncio.sleep(0.01)
+        for turn in range(requests):
+            assert await batcher.submit("k", [f"{index}.{turn}"]) == [f"{index}.{turn}"]
+            await asyncio.sleep(think_s)
+
+    await asyncio.gather(*(client(i) for i in range(clients)))
+
+
+@pytest.mark.parametrize("rejoin_wait", [0.0, 0.5])
+async def test_answered_clients_rejoin_the_next_call_instead_of_forming_a_convoy(rejoin_wait: float) -> None:
+    """Eight clients that wait for each answer: starting each call the moment the last ends keeps them in
+    two alternating halves (the clients just answered always miss the next call); holding it briefly for
+    them puts all eight in one call."""
+    engine = TimedEngine(0.1)
+    batcher = MicroBatcher(engine, max_items=64, workers=1, rejoin_wait=rejoin_wait)
+    await batcher.start()
+    try:
+        await closed_loop_clients(batcher, clients=8, requests=4, think_s=0.005)
+    finally:
+        await batcher.stop()
+    sizes = [inputs for _, inputs in engine.calls]
+    if rejoin_wait:  # the late half joins the early half's second turn; the early half ends a call sooner
+        assert sizes == [4, 8, 8, 8, 4]
+    else:  # two halves taking turns, every call half full
+        assert sizes == [4] * 8
+
+
+@pytest.mark.parametrize(("call_s", "cap_s", "window_s"), [(0.2, 1.0, 0.1), (0.4, 0.05, 0.05)])
+async def test_a_lone_client_is_not_held_and_clients_that_never_return_cost_at_most_the_window(
+        monkeypatch, call_s: float, cap_s: float, window_s: float) -> None:
+    """The window is half the last call here (rejoin_wait=0.5), never past REJOIN_WAIT_MAX_S."""
+    monkeypatch.setattr(batcher_module, "REJOIN_WAIT_MAX_S", cap_s)
+    engine = TimedEngine(call_s)
+    batcher = MicroBatcher(engine, max_items=64, workers=1, rejoin_wait=0.5)
+    await batcher.start()
+    try:
+        await batcher.submit("k", ["a"])
+        sent = time.perf_counter()
+        await batcher.submit("k", ["b"])  # the one client answered is the one that came back: no wait
+        assert engine.calls[1][0] - sent < 0.03
+        await asyncio.gather(*(batcher.submit("k", [f"x{i}"]) for i in range(4)))
+        ended = time.perf_counter()
+        await batcher.submit("k", ["newcomer"])  # four answered, none return: held until the window closes
+        started = engine.calls[-1][0] - ended
+        assert window_s * 0.5 < started < window_s + 0.04
+    finally:
+        await batcher.stop()
+
+
+def test_rejoin_wait_is_off_unless_the_config_or_the_environment_asks(monkeypatch, dense_path) -> None:
+    from bge_server.metrics import Metrics
+    from bge_server.models import ModelSet
+
+    monkeypatch.delenv(REJOIN_WAIT_ENV, raising=False)
+    config = ServerConfig(models=["m"])
+    assert config.batcher_rejoin_wait() == 0.0
+    monkeypatch.setenv(REJOIN_WAIT_ENV, "0.5")
+    assert config.batcher_rejoin_wait() == 0.5
+    assert ServerConfig(models=["m"], rejoin_wait=0.1).batcher_rejoin_wait() == 0.1  # the setting wins
+    models = ModelSet.load(ServerConfig(models=[dense_path], device="cpu"), Metrics())
+    assert [m.batcher.rejoin_wait for m in models.all()] == [0.5]  # what the batchers are given
+    for bad in ("-1", "soon", "nan"):
+        monkeypatch.setenv(REJOIN_WAIT_ENV, bad)
+        with pytest.raises(ValueError, match=REJOIN_WAIT_ENV):
+            config.batcher_rejoin_wait()
+    with pytest.raises(ValueError, match="rejoin_wait"):
+        ServerConfig(models=["m"], rejoin_wait=-0.1)
+    with pytest.raises(ValueError, match="rejoin_wait"):
+        MicroBatcher(lambda key, items: items, rejoin_wait=-1)
