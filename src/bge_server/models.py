@@ -160,6 +160,7 @@ class ModelSet:
         options: dict[str, Any] = {"device": config.device, "dtype": config.dtype,
                                    "batch_tokens": config.max_batch_tokens}
         embedders, rerankers = [], []
+        rejoin_wait = config.batcher_rejoin_wait()
         for model_id in config.models:
             name = names.pop(0) if names else model_id
             # No output memo: a server computes what each request asks for (dense alone is cheaper than
@@ -170,7 +171,7 @@ class ModelSet:
             served = ServedEmbedder(name, model_id, embedder, raw, None)  # type: ignore[arg-type]
             served.batcher = MicroBatcher(served.run, max_items=config.batch_items,
                                           workers=config.calls_for(embedder.device), metrics=metrics, name=name,
-                                          join=EmbedRows.join, rejoin_wait=config.batcher_rejoin_wait())
+                                          join=EmbedRows.join, rejoin_wait=rejoin_wait)
             embedders.append(served)
         for model_id in config.rerankers:
             name = names.pop(0) if names else model_id
@@ -178,7 +179,7 @@ class ModelSet:
             served_rr = ServedReranker(name, model_id, reranker, None)  # type: ignore[arg-type]
             served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items,
                                              workers=config.calls_for(reranker.device), metrics=metrics, name=name,
-                                             rejoin_wait=config.batcher_rejoin_wait())
+                                             rejoin_wait=rejoin_wait)
             rerankers.append(served_rr)
         seen: set[str] = set()
         for served_model in [*embedders, *rerankers]:
@@ -202,12 +203,13 @@ class ModelSet:
         embedders, rerankers = [], []
         # Calls this process has at the host at once; BGE_SERVE_HTTP_CALLS overrides it (for measuring).
         in_flight = calls_from_env("BGE_SERVE_HTTP_CALLS", config.calls_in_flight or CALLS_IN_FLIGHT)
+        rejoin_wait = config.batcher_rejoin_wait()
         for described in host.call_blocking("", "describe_all"):
             handle = RemoteHandle(host, described)
             batcher = MicroBatcher(partial(host.run, described["name"]), max_items=config.batch_items,
                                    workers=in_flight, metrics=metrics, name=described["name"], remote=True,
                                    join=EmbedRows.join if described["kind"] == "embedding" else None,
-                                   rejoin_wait=config.batcher_rejoin_wait())
+                                   rejoin_wait=rejoin_wait)
             if described["kind"] == "embedding":
                 embedders.append(ServedEmbedder(described["name"], described["model_id"], handle, handle,  # type: ignore[arg-type]
                                                 batcher, host))

@@ -109,7 +109,6 @@ async def test_a_client_that_leaves_while_waiting_gets_client_gone_and_costs_no_
 def test_models_on_the_cpu_get_one_engine_call_in_flight_unless_told(dense_path, cross_encoder_path):
     """On the CPU a second call in flight only splits the waiting requests into smaller batches: each model's
     batcher runs one call at a time there, and `calls_in_flight` still decides when given."""
-    from bge_server import ServerConfig
     from bge_server.metrics import Metrics
     from bge_server.models import ModelSet
 
