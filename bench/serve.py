@@ -387,8 +387,43 @@ def in_process(model: str, device: str, dtype: str | None, singles: list[str], b
             sync()
             calls.append(time.perf_counter() - begin)
         out[f"call_of_{k}_p50_ms"] = 1000 * statistics.median(calls)
+    # The server without HTTP: closed-loop clients merged by the server's own batcher in this process,
+    # the most any server on this engine can answer them (without and with rejoin_wait).
+    for rejoin in (0.0, 0.25):
+        figures = asyncio.run(closed_loop(embedder, singles, 64, rejoin))
+        out.update({f"closed_loop_64_rejoin_{rejoin:g}_{k}": v for k, v in figures.items()})
     print("in-process engine: " + ", ".join(f"{k} {v:.4g}" for k, v in out.items()), flush=True)
     return out
+
+
+async def closed_loop(embedder: Any, queries: list[str], clients: int, rejoin_wait: float) -> dict[str, float]:
+    """`clients` tasks each sending its single queries one after another through a `MicroBatcher` over
+    `embedder` (as `bge serve` merges them, two engine calls in flight): texts/s and inputs per call."""
+    from bge_server.batcher import MicroBatcher
+
+    calls: list[int] = []
+
+    def run(key: Any, texts: list[str]) -> list[Any]:
+        calls.append(len(texts))
+        return list(embedder.encode(texts).dense)
+
+    batcher = MicroBatcher(run, max_items=1024, rejoin_wait=rejoin_wait)
+    await batcher.start()
+    shares = [queries[i::clients] for i in range(clients)]
+
+    async def client(share: list[str]) -> None:
+        for text in share:
+            await batcher.submit("dense", [text])
+
+    try:
+        await asyncio.gather(*(client(share[:8]) for share in shares))  # warm-up
+        calls.clear()
+        start = time.perf_counter()
+        await asyncio.gather(*(client(share) for share in shares))
+        seconds = time.perf_counter() - start
+    finally:
+        await batcher.stop()
+    return {"texts_s": len(queries) / seconds, "inputs_per_call": len(queries) / max(len(calls), 1)}
 
 
 def main() -> None:
@@ -423,6 +458,10 @@ def main() -> None:
                  "texts_s": engine["single_texts_s"], "p50_ms": engine["single_p50_ms"], "p99_ms": None})
     rows.append({"system": "in-process Embedder", "workload": "batch32", "clients": "-",
                  "texts_s": engine["batch32_texts_s"], "p50_ms": None, "p99_ms": None})
+    for rejoin in (0.0, 0.25):
+        rows.append({"system": f"in-process batcher{' rejoin' if rejoin else ''}", "workload": "single",
+                     "clients": 64, "texts_s": engine[f"closed_loop_64_rejoin_{rejoin:g}_texts_s"],
+                     "p50_ms": None, "p99_ms": None})
 
     servers = [("bge serve", start_bge(model, args.device, args.dtype, args.server_arg), "/embed", "inputs")]
     python = args.infinity or ("/work/venv-infinity/bin/python" if os.path.exists("/work/venv-infinity/bin/python")
