@@ -876,8 +876,10 @@ def long_attention_kernels():
     QKV GEMM output): PyTorch's flash kernel against our tiled kernel at several tiles (rows x keys x
     warps x stages); TFLOP/s and the largest difference from flash and from float32."""
     shapes = _attention_shapes()
-    tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 4, 3))
-    tma_tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3))
+    tilings = ((64, 32, 4, 3), (64, 32, 4, 2), (64, 32, 4, 4), (32, 32, 2, 3), (32, 64, 2, 3), (64, 64, 4, 3),
+               (128, 64, 4, 3))
+    tma_tilings = ((64, 32, 4, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 2), (64, 128, 4, 3),
+                   (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 2), (128, 128, 8, 3))
     for name, lengths in shapes.items():
         total = sum(lengths)
         cu, q, k, v, longest, flops, exact = _packed_attention_inputs(lengths)
