@@ -64,8 +64,9 @@ class ServerConfig:
         batch_items: most inputs merged into one engine call (bigger requests are cut into pieces this size).
         calls_in_flight: engine calls in flight per model; None: 2 on a GPU (one tokenizes while the device
             runs the other), 1 on the CPU (see `calls_for`).
-        rejoin_wait: after an engine call, the longest a batcher waits for the clients it answered before
-            the next call, as a fraction of the call (`MicroBatcher`); None: $BGE_SERVE_REJOIN_WAIT, else 0.
+        rejoin_wait: after an engine call, the longest a batcher (and the engine host) waits for the clients
+            it answered before the next call, as a fraction of the call (`MicroBatcher`); None:
+            $BGE_SERVE_REJOIN_WAIT, else 0.
         processes: HTTP server processes sharing the listening socket; their requests are merged into the
             calls of one engine host (the models are loaded once). /metrics adds up all of them.
         device: one device, or several (each model then runs on all of them, one worker process each).

@@ -14,7 +14,9 @@ on the device, the other tokenizes, packs or builds its rows, so the device does
 Python between merged calls (at 64 single-query clients the host, not the device, was the limit). The
 main thread reads the sockets and queues the runs; an engine thread that comes free takes every queued
 run it can merge, makes the call and writes the replies itself, one send per server process (no hand-back
-to the main thread: one thread wake-up less in every request's path). The engine is thread-safe.
+to the main thread: one thread wake-up less in every request's path). The engine is thread-safe. With
+`ServerConfig.rejoin_wait`, an engine thread holds its next call for the inputs it just answered, as each
+HTTP process's `MicroBatcher` does (the host merges what the HTTP processes merged).
 
 Wire format: each message is a 4-byte big-endian length and a pickle.
 Requests: ``("run", call_id, model, key, items)`` (merged with other runs of the same model and key)
@@ -41,6 +43,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
+from bge_server.batcher import REJOIN_WAIT_MAX_S
 from bge_server.config import CALLS_IN_FLIGHT, ServerConfig, calls_from_env
 from bge_server.metrics import EngineMetrics, Metrics
 
@@ -154,7 +157,7 @@ def host_main(config: ServerConfig, path: str, ready: Any) -> None:
     ready.send(("ready", described))
     calls = engine_calls(config, described)
     serve_calls(listener, by_name, config.batch_items, stop=None if parent is None else parent.sentinel,
-                metrics=EngineMetrics(), engine_calls=calls)
+                metrics=EngineMetrics(), engine_calls=calls, rejoin_wait=config.batcher_rejoin_wait())
 
 
 def engine_calls(config: ServerConfig, described: list[dict[str, Any]]) -> int:
@@ -170,11 +173,12 @@ def engine_calls(config: ServerConfig, described: list[dict[str, Any]]) -> int:
 
 
 def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int, stop: Any = None,
-                metrics: EngineMetrics | None = None, engine_calls: int = CALLS_IN_FLIGHT) -> None:
+                metrics: EngineMetrics | None = None, engine_calls: int = CALLS_IN_FLIGHT,
+                rejoin_wait: float = 0.0) -> None:
     """The host's loop: accept server processes on `listener`, queue their runs for `engine_calls` engine
     threads (each merges what is queued into one engine call and sends the replies itself), answer other
     calls at once; return when `stop` (a file descriptor, e.g. the parent process's sentinel) becomes
-    readable. Each engine call's size and time go to `metrics`.
+    readable. Each engine call's size and time go to `metrics`; `rejoin_wait` is `MicroBatcher`'s.
 
     Example:
         >>> serve_calls(listener, {"BAAI/bge-m3": served_model}, 512, stop=parent.sentinel)  # doctest: +SKIP
@@ -184,7 +188,7 @@ def serve_calls(listener: socket.socket, by_name: dict[str, Any], max_items: int
     selector.register(listener, selectors.EVENT_READ, None)
     if stop is not None:
         selector.register(stop, selectors.EVENT_READ, "stop")
-    runs = _Runs(max_items)
+    runs = _Runs(max_items, rejoin_wait)
     for number in range(engine_calls):
         threading.Thread(target=_engine_thread, args=(runs, by_name, metrics), name=f"bge-engine-call-{number}",
                          daemon=True).start()
@@ -227,11 +231,13 @@ class _Runs:
     """Runs waiting for an engine call: the main thread adds them, the engine threads take them merged.
 
     An engine thread takes work only when it is free, so runs that arrive while every engine call is busy
-    wait here and join the next call together.
+    wait here and join the next call together; with `rejoin_wait`, a thread that just answered some inputs
+    holds its next call until as many are queued again (see `MicroBatcher`).
     """
 
-    def __init__(self, max_items: int) -> None:
+    def __init__(self, max_items: int, rejoin_wait: float = 0.0) -> None:
         self.max_items = max_items
+        self.rejoin_wait = rejoin_wait
         self.pending: collections.deque[tuple[_Peer, Any]] = collections.deque()
         self.changed = threading.Condition()
         self.stopping = False
@@ -240,16 +246,40 @@ class _Runs:
         if queued:
             with self.changed:
                 self.pending.extend(queued)
-                self.changed.notify()
+                if self.rejoin_wait:  # every thread: one may hold for rejoining inputs while another idles
+                    self.changed.notify_all()
+                else:
+                    self.changed.notify()
+
+    def queued_items(self) -> int:
+        """Inputs of the queued runs (the caller holds `changed`)."""
+        return sum(len(message[4]) for _, message in self.pending)
+
+    def rejoin_after(self, answered: int, seconds: float) -> tuple[int, float] | None:
+        """What the next `take` of a thread that just answered `answered` inputs in a call of `seconds`
+        holds for: (inputs queued, until when), or None without `rejoin_wait`."""
+        if not self.rejoin_wait:
+            return None
+        with self.changed:
+            target = min(self.queued_items() + answered, self.max_items)
+        return target, time.perf_counter() + min(self.rejoin_wait * seconds, REJOIN_WAIT_MAX_S)
 
     def drop(self, peer: _Peer) -> None:
         """Forget the queued runs of a server process that has gone."""
         with self.changed:
             self.pending = collections.deque(item for item in self.pending if item[0] is not peer)
 
-    def take(self) -> list[tuple[_Peer, Any]] | None:
-        """The next group of runs to merge (waits for one); None once the host stops."""
+    def take(self, rejoin: tuple[int, float] | None = None) -> list[tuple[_Peer, Any]] | None:
+        """The next group of runs to merge (waits for one; with `rejoin` from `rejoin_after`, also for that
+        many inputs until its deadline); None once the host stops."""
         with self.changed:
+            if rejoin is not None:
+                inputs, deadline = rejoin
+                while not self.stopping and self.queued_items() < inputs:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self.changed.wait(remaining)
             while not self.pending and not self.stopping:
                 self.changed.wait()
             if self.stopping:
@@ -266,12 +296,15 @@ class _Runs:
 
 
 def _engine_thread(runs: _Runs, by_name: dict[str, Any], metrics: EngineMetrics | None) -> None:
-    while (group := runs.take()) is not None:
+    rejoin = None
+    while (group := runs.take(rejoin)) is not None:
+        started = time.perf_counter()
         try:
             _run_group(group, by_name, metrics)
         except Exception as error:  # noqa: BLE001 - a fault past the model call must not end this thread
             for peer, message in group:  # a run already answered ignores a second reply
                 peer.reply(message[1], False, RuntimeError(f"the engine host failed: {error}"))
+        rejoin = runs.rejoin_after(sum(len(message[4]) for _, message in group), time.perf_counter() - started)
 
 
 def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any], metrics: EngineMetrics | None = None) -> None:

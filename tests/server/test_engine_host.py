@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Hashable, Iterator
 from typing import Any
 
@@ -193,3 +194,62 @@ def test_a_fault_after_the_model_call_answers_with_an_error_and_the_thread_keeps
     assert isinstance(broken, RuntimeError) and "engine host failed" in str(broken)
     assert ok == ["y!"]
     assert _run(path, [(("k", n), [f"z{n}"]) for n in range(4)]) == [[f"z{n}!"] for n in range(4)]
+
+
+class _TimedModel:
+    """A served model whose engine call takes `seconds` whatever its size; records each call's size."""
+
+    kind = "embedding"
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.sizes: list[int] = []
+
+    def run(self, key: Hashable, items: list[Any]) -> list[Any]:
+        self.sizes.append(len(items))
+        time.sleep(self.seconds)
+        return list(items)
+
+
+@pytest.mark.parametrize("rejoin_wait", [0.0, 0.5])
+def test_the_host_holds_its_next_call_for_the_runs_it_just_answered_when_asked(tmp_path, rejoin_wait: float):
+    """Eight clients that each wait for their answer, half of them a moment late, behind one engine call at
+    a time: started at once, each call takes only the half that was waiting; with `rejoin_wait` the host
+    waits for the half it answered and the two halves share calls."""
+    model = _TimedModel(0.1)
+    path = os.path.join(tmp_path, "engine.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(16)
+    stop_reader, stop_writer = socket.socketpair()
+    loop = threading.Thread(target=serve_calls, args=(listener, {"m": model}, 512, stop_reader),
+                            kwargs=dict(engine_calls=1, rejoin_wait=rejoin_wait), daemon=True)
+    loop.start()
+
+    async def main() -> None:
+        client = HostClient(path)
+        await client.start()
+
+        async def one(index: int) -> None:
+            if index >= 4:
+                await asyncio.sleep(0.01)
+            for turn in range(4):
+                assert await client.run("m", ("k",), [f"{index}.{turn}"]) == [f"{index}.{turn}"]
+                await asyncio.sleep(0.005)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(8))), 20)
+        finally:
+            await client.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop_writer.send(b"x")
+        loop.join(10)
+        listener.close()
+    assert sum(model.sizes) == 32
+    if rejoin_wait:
+        assert max(model.sizes) == 8 and len(model.sizes) <= 6
+    else:
+        assert model.sizes == [4] * 8
