@@ -253,3 +253,17 @@ def test_the_host_holds_its_next_call_for_the_runs_it_just_answered_when_asked(t
         assert max(model.sizes) == 8 and len(model.sizes) <= 6
     else:
         assert model.sizes == [4] * 8
+
+
+def test_a_held_call_waits_no_longer_than_its_window_and_not_at_all_without_rejoin_wait():
+    from bge_server.engine_host import _Runs
+
+    run = ("run", 1, "m", ("k",), ["x"])
+    assert _Runs(64).rejoin_after(4, 1.0) is None
+    runs = _Runs(64, rejoin_wait=0.5)
+    target, deadline = runs.rejoin_after(4, 0.04)  # four answered; the window is half of a 40 ms call
+    assert target == 4 and 0.015 < deadline - time.perf_counter() <= 0.02
+    runs.add([(None, run)])  # one of the four comes back, the others never do
+    group = runs.take((target, deadline))
+    assert [message for _, message in group] == [run]
+    assert time.perf_counter() >= deadline  # held for the others until the window closed, then served
