@@ -251,8 +251,8 @@ def test_the_host_holds_its_next_call_for_the_runs_it_just_answered_when_asked(t
     assert sum(model.sizes) == 32
     if rejoin_wait:
         assert max(model.sizes) == 8 and len(model.sizes) <= 6
-    else:
-        assert model.sizes == [4] * 8
+    else:  # the groups never merge: each needs its own four calls (more where a group splits further)
+        assert len(model.sizes) >= 8 and max(model.sizes) < 8
 
 
 def test_a_held_call_waits_no_longer_than_its_window_and_not_at_all_without_rejoin_wait():
