@@ -8,7 +8,9 @@ For 1, 16 and 64 concurrent clients, each client sends its requests one after an
 then 32-text batches) to POST /embed; the table gives texts/s over the whole run and p50/p99 latency per
 request. The in-process row encodes the same texts with `Embedder.encode` in one call (throughput) and one
 query at a time (latency); it also times calls of 4, 16 and 64 queries, what a loaded server's calls
-hold. With --infinity PYTHON, infinity-emb serves the same checkpoint as a second server (POST
+hold, and 64 closed-loop clients merged by the server's own `MicroBatcher` in this process ("in-process
+batcher": the server without HTTP, the most any server on this engine answers such clients). With
+--infinity PYTHON, infinity-emb serves the same checkpoint as a second server (POST
 /embeddings) under the same load. Everything stays on 127.0.0.1 and every loop is bounded in count and time.
 Results: a table on stdout and $OUT/serve_bench.json.
 """
