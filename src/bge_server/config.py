@@ -78,7 +78,9 @@ class ServerConfig:
             shorter one lets the engine thread take the GIL back sooner from the busy event loop.
 
     Example:
-        >>> ServerConfig(models=["BAAI/bge-m3"], rerankers=["BAAI/bge-reranker-v2-m3"], port=0)
+        >>> config = ServerConfig(models=["BAAI/bge-m3"], rerankers=["BAAI/bge-reranker-v2-m3"], port=0)
+        >>> config.max_client_batch_size, config.host
+        (1024, '127.0.0.1')
     """
 
     models: list[str] = field(default_factory=list)
