@@ -42,6 +42,22 @@ RunFn = Callable[[Hashable, list[Any]], list[Any]]
 AsyncRunFn = Callable[[Hashable, list[Any]], Awaitable[list[Any]]]
 
 
+def rejoin_hold(rejoin_wait: float, queued: int, answered: int, max_items: int, started: float,
+                ended: float) -> tuple[int, float]:
+    """What a worker that answered `answered` inputs in a call from `started` to `ended` holds its next call
+    for: (inputs queued: those already queued and the answered ones, at most a call's worth; until when:
+    `rejoin_wait` of the call, at most `REJOIN_WAIT_MAX_S` after it ended).
+
+    Example:
+        >>> rejoin_hold(0.25, queued=3, answered=8, max_items=512, started=0.0, ended=0.04)
+        (11, 0.05)
+        >>> rejoin_hold(0.25, queued=3, answered=600, max_items=512, started=0.0, ended=1.0)  # both bounds
+        (512, 1.025)
+    """
+    window = min(rejoin_wait * (ended - started), REJOIN_WAIT_MAX_S)
+    return min(queued + answered, max_items), ended + window
+
+
 class ClientGone(Exception):
     """The client closed its connection before its results were ready."""
 
@@ -211,13 +227,11 @@ class MicroBatcher:
             if self._metrics is not None:
                 self._metrics.inference_duration.observe(ended - started)
             if self.rejoin_wait:
-                window = min(self.rejoin_wait * (ended - started), REJOIN_WAIT_MAX_S)
-                rejoin = (self.queued + len(items), ended + window)
+                rejoin = rejoin_hold(self.rejoin_wait, self.queued, len(items), self.max_items, started, ended)
 
     async def _await_rejoin(self, inputs: int, deadline: float) -> None:
-        """Wait until `inputs` inputs are queued (at most a call's worth) or until `deadline`."""
+        """Wait until `inputs` inputs are queued or until `deadline` (from `rejoin_hold`)."""
         assert self._wakeup is not None
-        inputs = min(inputs, self.max_items)
         while self.queued < inputs:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:

@@ -43,7 +43,7 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from bge_server.batcher import REJOIN_WAIT_MAX_S
+from bge_server.batcher import rejoin_hold
 from bge_server.config import CALLS_IN_FLIGHT, ServerConfig, calls_from_env
 from bge_server.metrics import EngineMetrics, Metrics
 
@@ -255,14 +255,14 @@ class _Runs:
         """Inputs of the queued runs (the caller holds `changed`)."""
         return sum(len(message[4]) for _, message in self.pending)
 
-    def rejoin_after(self, answered: int, seconds: float) -> tuple[int, float] | None:
-        """What the next `take` of a thread that just answered `answered` inputs in a call of `seconds`
-        holds for: (inputs queued, until when), or None without `rejoin_wait`."""
+    def rejoin_after(self, answered: int, started: float, ended: float) -> tuple[int, float] | None:
+        """What the next `take` of a thread that answered `answered` inputs in a call from `started` to `ended`
+        holds for (`rejoin_hold`), or None without `rejoin_wait`."""
         if not self.rejoin_wait:
             return None
         with self.changed:
-            target = min(self.queued_items() + answered, self.max_items)
-        return target, time.perf_counter() + min(self.rejoin_wait * seconds, REJOIN_WAIT_MAX_S)
+            queued = self.queued_items()
+        return rejoin_hold(self.rejoin_wait, queued, answered, self.max_items, started, ended)
 
     def drop(self, peer: _Peer) -> None:
         """Forget the queued runs of a server process that has gone."""
@@ -304,7 +304,7 @@ def _engine_thread(runs: _Runs, by_name: dict[str, Any], metrics: EngineMetrics 
         except Exception as error:  # noqa: BLE001 - a fault past the model call must not end this thread
             for peer, message in group:  # a run already answered ignores a second reply
                 peer.reply(message[1], False, RuntimeError(f"the engine host failed: {error}"))
-        rejoin = runs.rejoin_after(sum(len(message[4]) for _, message in group), time.perf_counter() - started)
+        rejoin = runs.rejoin_after(sum(len(message[4]) for _, message in group), started, time.perf_counter())
 
 
 def _answer_call(peer: _Peer, message: tuple, by_name: dict[str, Any], metrics: EngineMetrics | None = None) -> None:

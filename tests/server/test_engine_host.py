@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -38,22 +39,33 @@ class _Model:
         return [f"{item}!" for item in items]
 
 
-@pytest.fixture
-def host(tmp_path) -> Iterator[tuple[str, _Model]]:
-    model = _Model()
-    path = os.path.join(tmp_path, "engine.sock")
+@contextlib.contextmanager
+def _serving(directory: str, model: Any, **options: Any) -> Iterator[str]:
+    """`serve_calls` for `model` (as "m") on a thread, listening on a socket in `directory` (its path is
+    yielded); stopped, and checked to have stopped, on the way out."""
+    path = os.path.join(directory, "engine.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
     stop_reader, stop_writer = socket.socketpair()
-    loop = threading.Thread(target=serve_calls, args=(listener, {"m": model}, 512, stop_reader), daemon=True)
+    loop = threading.Thread(target=serve_calls, args=(listener, {"m": model}, 512, stop_reader), kwargs=options,
+                            daemon=True)
     loop.start()
-    yield path, model
-    model.release.set()
-    stop_writer.send(b"x")
-    loop.join(10)
+    try:
+        yield path
+    finally:
+        stop_writer.send(b"x")
+        loop.join(10)
+        listener.close()
     assert not loop.is_alive()
-    listener.close()
+
+
+@pytest.fixture
+def host(tmp_path) -> Iterator[tuple[str, _Model]]:
+    model = _Model()
+    with _serving(tmp_path, model) as path:
+        yield path, model
+        model.release.set()
 
 
 def _run(path: str, jobs: list[tuple[Hashable, list[Any]]], then: Any = None) -> list[Any]:
@@ -217,16 +229,8 @@ def test_the_host_holds_its_next_call_for_the_runs_it_just_answered_when_asked(t
     a time: started at once, each call takes only the half that was waiting; with `rejoin_wait` the host
     waits for the half it answered and the two halves share calls."""
     model = _TimedModel(0.1)
-    path = os.path.join(tmp_path, "engine.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(16)
-    stop_reader, stop_writer = socket.socketpair()
-    loop = threading.Thread(target=serve_calls, args=(listener, {"m": model}, 512, stop_reader),
-                            kwargs=dict(engine_calls=1, rejoin_wait=rejoin_wait), daemon=True)
-    loop.start()
 
-    async def main() -> None:
+    async def main(path: str) -> None:
         client = HostClient(path)
         await client.start()
 
@@ -242,12 +246,8 @@ def test_the_host_holds_its_next_call_for_the_runs_it_just_answered_when_asked(t
         finally:
             await client.stop()
 
-    try:
-        asyncio.run(main())
-    finally:
-        stop_writer.send(b"x")
-        loop.join(10)
-        listener.close()
+    with _serving(tmp_path, model, engine_calls=1, rejoin_wait=rejoin_wait) as path:
+        asyncio.run(main(path))
     assert sum(model.sizes) == 32
     if rejoin_wait:
         assert max(model.sizes) == 8 and len(model.sizes) <= 6
@@ -259,9 +259,10 @@ def test_a_held_call_waits_no_longer_than_its_window_and_not_at_all_without_rejo
     from bge_server.engine_host import _Runs
 
     run = ("run", 1, "m", ("k",), ["x"])
-    assert _Runs(64).rejoin_after(4, 1.0) is None
+    now = time.perf_counter()
+    assert _Runs(64).rejoin_after(4, now - 1.0, now) is None
     runs = _Runs(64, rejoin_wait=0.5)
-    target, deadline = runs.rejoin_after(4, 0.04)  # four answered; the window is half of a 40 ms call
+    target, deadline = runs.rejoin_after(4, now - 0.04, now)  # four answered; the window is half of a 40 ms call
     assert target == 4 and 0.015 < deadline - time.perf_counter() <= 0.02
     runs.add([(None, run)])  # one of the four comes back, the others never do
     group = runs.take((target, deadline))
