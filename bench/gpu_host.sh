@@ -11,7 +11,7 @@
 #   .carry/site         optional: `python bench/carry_minilm.py .carry/site` (real MiniLM weights)
 
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench:$PWD/.carry/site
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD/bench:$PWD/.carry/site PATH=/tmp/site/bin:$PATH  # py-spy's binary
 if ls .whl-inf/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/infinity-site .whl-inf/*.whl
