@@ -438,6 +438,8 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=None, help="single-query requests per scenario")
     parser.add_argument("--batches", type=int, default=None, help="32-text requests per scenario")
     parser.add_argument("--infinity", default=None, help="python of a venv with infinity-emb[server]")
+    parser.add_argument("--infinity-clients", default=None, help="client counts for infinity-emb (default: --clients; "
+                        "one infinity-emb client takes minutes over thousands of queries)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra `bge serve` argument (repeatable)")
     parser.add_argument("--profile", type=float, default=0, help="py-spy the server for this many seconds of "
                         "the busiest single-query scenario (needs py-spy)")
@@ -453,6 +455,7 @@ def main() -> None:
     passages = W.corpus(n_batch * 32, 8, 256 if args.quick else 510, 60 if args.quick else 90, 0.6, 12)
     batched = [passages[i : i + 32] for i in range(0, len(passages), 32)]
     clients = [int(c) for c in args.clients.split(",")]
+    infinity_clients = [int(c) for c in (args.infinity_clients or args.clients).split(",")]
 
     rows: list[dict[str, Any]] = []
     engine = in_process(model, args.device, args.dtype, queries, batched)
@@ -482,7 +485,7 @@ def main() -> None:
             cos = min(sum(a * b for a, b in zip(x, y["embedding"])) for x, y in zip(ours, theirs))
             print(f"bge serve vs infinity-emb vectors: min cosine {cos:.5f}")
         for name, (process, url), path, field in servers:
-            for count in clients:
+            for count in (clients if name == "bge serve" else infinity_clients):
                 for workload, work in (("single", [[q] for q in queries]), ("batch32", batched)):
                     before = server_figures(url) if name == "bge serve" else {}
                     cpu_before = tree_cpu(process.pid)
