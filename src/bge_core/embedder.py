@@ -197,6 +197,53 @@ class Embedder(ModelHandle):
             return Embeddings(dense=gather.matrix)
         return self._encode_m3(items, dense, sparse, colbert, options, run)
 
+    def encode_token_states(
+        self,
+        texts: str | Sequence[str],
+        *,
+        prompt: str | None = None,
+        max_length: int | None = None,
+        truncate: bool = True,
+    ) -> list[np.ndarray]:
+        """The last layer's state of every token of each text, special tokens included: one float32
+        (tokens, dim) array per text, before any pooling, head or normalisation (TEI's ``/embed_all``,
+        sentence-transformers' ``output_value="token_embeddings"``).
+
+        Args:
+            prompt: ``"query"`` or ``"document"`` formats the texts as `encode_queries` /
+                `encode_documents` do (instructions, in-context examples); None takes them as they are.
+
+        Raises:
+            ValueError: the model is a Visualized-BGE model, `prompt` is unknown, or ``truncate=False`` and a
+                text is too long.
+
+        Example:
+            >>> states = Embedder("BAAI/bge-small-en-v1.5").encode_token_states(["hello world"])
+            >>> states[0].shape  # [CLS] hello world [SEP]
+            (4, 384)
+        """
+        items, _ = as_text_list(texts)
+        if self.family == "visualized":
+            raise ValueError(f"{self.loaded.path} is a Visualized-BGE model: token states are served for text models")
+        options: dict[str, Any] = {"token_states": True}
+        if prompt == "query":
+            items = [apply_instruction(self.query_instruction, t, self.spec.query_instruction_format) for t in items]
+            if self.family == "icl":
+                options.update(self._icl_query_options())
+        elif prompt == "document":
+            items = [apply_instruction(self.passage_instruction, t, self.passage_instruction_format) for t in items]
+        elif prompt is not None:
+            raise ValueError(f"unknown prompt {prompt!r}; expected 'query', 'document' or None")
+        return self.loaded.engine.run(items, max_length=max_length or self.max_length, options=options,
+                                      truncate=truncate, token_budget=self.batch_tokens)
+
+    def _icl_query_options(self) -> dict[str, Any]:
+        """What bge-en-icl's tokenizer needs to format a query with its in-context examples."""
+        from bge_core.families.icl import examples_prefix
+
+        prefix = examples_prefix(self.examples, self.query_instruction, self.examples_format)
+        return {"icl_query": True, "prefix": prefix, "suffix": self.spec.suffix}
+
     def _warm_call(self, texts: list[str], max_length: int) -> None:
         m3 = self.family == "m3"
         self.encode(texts, sparse=m3, colbert=m3, max_length=max_length)
@@ -265,10 +312,7 @@ class Embedder(ModelHandle):
             (1, 768)
         """
         if self.family == "icl":
-            from bge_core.families.icl import examples_prefix
-
-            prefix = examples_prefix(self.examples, self.query_instruction, self.examples_format)
-            kwargs["_options"] = {"icl_query": True, "prefix": prefix, "suffix": self.spec.suffix}
+            kwargs["_options"] = self._icl_query_options()
         return self.encode(
             texts, instruction=self.query_instruction, instruction_format=self.spec.query_instruction_format, **kwargs
         )

@@ -33,6 +33,7 @@ class EmbedKey(NamedTuple):
     sparse: bool = False
     colbert: bool = False
     usage: bool = False  # count each input's tokens (OpenAI's usage), in the same engine call
+    token_states: bool = False  # every token's last-layer state instead of the outputs above (/embed_all)
 
 
 class EmbedRow(NamedTuple):
@@ -42,6 +43,7 @@ class EmbedRow(NamedTuple):
     sparse: dict[int, float] | None
     colbert: np.ndarray | None
     tokens: int | None = None
+    token_states: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class EmbedRows:
     sparse: list[dict[int, float]] | None
     colbert: list[np.ndarray] | None
     tokens: list[int] | None = None
+    token_states: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.count
@@ -113,6 +116,9 @@ class ServedEmbedder:
         """The engine call of merged requests (runs in a worker thread)."""
         assert isinstance(key, EmbedKey)
         handle = self.embedder if key.normalize else self.raw
+        if key.token_states:
+            states = handle.encode_token_states(texts, prompt=key.prompt, truncate=key.truncate)
+            return EmbedRows(len(texts), None, None, None, None, states)
         encode = {None: handle.encode, "query": handle.encode_queries, "document": handle.encode_documents}[key.prompt]
         out = encode(texts, dense=key.dense, sparse=key.sparse, colbert=key.colbert, truncate=key.truncate)
         tokens = handle.count_tokens(texts, max_length=handle.max_length) if key.usage else None

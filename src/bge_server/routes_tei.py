@@ -81,6 +81,19 @@ async def embed_sparse(body: SparseRequest, request: Request) -> Response:
     return FastJSON([sparse_items(row.sparse or {}) for row in rows])
 
 
+@router.post("/embed_all")
+async def embed_all(body: SparseRequest, request: Request) -> Response:
+    """TEI: every token's last-layer state, special tokens included, unpooled and unnormalised:
+    ``[[[f32]]]`` (inputs × tokens × hidden size)."""
+    ctx = context(request)
+    served = ctx.models.embedding(body.model)
+    texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
+    check_direction(body.truncation_direction)
+    key = EmbedKey(prompt_of(body.prompt_name), True, truncate_of(ctx, body.truncate), dense=False, token_states=True)
+    rows = await embed_rows(request, served, texts, key)
+    return FastJSON(rows.token_states)
+
+
 @router.post("/embed_m3")
 async def embed_m3(body: M3Request, request: Request) -> Response:
     """Dense, sparse and ColBERT vectors of each input from one forward:

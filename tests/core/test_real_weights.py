@@ -29,3 +29,17 @@ def test_dense_path_matches_sentence_transformers(parity_texts):
     # real weights carry meaning: the paraphrase pair is closer than an unrelated text
     sim = mine @ mine.T
     assert sim[-2, -1] > sim[-2, 2]
+
+
+def test_token_states_match_sentence_transformers_token_embeddings(parity_texts):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(MODEL_DIR, device="cpu")
+    texts = parity_texts + ["A man is eating food."]
+    theirs = st.encode(texts, output_value="token_embeddings", convert_to_numpy=False)
+    mine = Embedder(MODEL_DIR, device="cpu").encode_token_states(texts)
+    assert len(mine) == len(theirs)
+    for got, expected in zip(mine, theirs):
+        expected = expected.numpy()
+        assert got.dtype == np.float32 and got.shape == expected.shape  # every token, [CLS] and [SEP] included
+        assert np.abs(got - expected).max() <= 1e-4

@@ -75,6 +75,20 @@ def test_embed_sparse_is_identical(server: Server, m3: Embedder) -> None:
         assert sparse_dict(items) == {k: np.float32(v) for k, v in weights.items()}
 
 
+def test_embed_all_gives_every_tokens_state(server: Server, m3: Embedder, dense: Embedder) -> None:
+    for model, embedder in ((None, m3), ("bge-small", dense)):
+        got = post(server, "/embed_all", {"inputs": TEXTS, "model": model}).json()
+        expected = embedder.encode_token_states(TEXTS)
+        assert len(got) == len(expected)
+        for states, reference in zip(got, expected):
+            states = np.asarray(states, dtype=np.float32)
+            assert states.shape == reference.shape  # inputs × tokens × hidden, special tokens included
+            assert np.abs(states - reference).max() <= 1e-5
+    query = post(server, "/embed_all", {"inputs": "what is BGE?", "model": "bge-small", "prompt_name": "query"}).json()
+    [expected_query] = dense.encode_token_states(["what is BGE?"], prompt="query")
+    assert np.abs(np.asarray(query[0], dtype=np.float32) - expected_query).max() <= 1e-5
+
+
 def test_embed_m3_all_outputs_from_one_call(server: Server, m3: Embedder) -> None:
     body = {"inputs": TEXTS, "dense": True, "sparse": True, "colbert": True}
     got = post(server, "/embed_m3", body).json()

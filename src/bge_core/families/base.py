@@ -123,6 +123,21 @@ def _split_rows(key: str, host: dict[str, np.ndarray]) -> list[np.ndarray]:
     return list(host[key])
 
 
+def split_tokens(key: str, lengths: list[int]) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """A picklable `Pending` build for per-token outputs of texts back to back: item i's result is its
+    `lengths[i]` rows of ``host[key]`` (views).
+
+    Example:
+        >>> [a.tolist() for a in split_tokens("t", [1, 2])({"t": np.arange(3)})]
+        [[0], [1, 2]]
+    """
+    return functools.partial(_split_tokens, key, list(lengths))
+
+
+def _split_tokens(key: str, lengths: list[int], host: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return np.split(host[key], np.cumsum(lengths[:-1])) if lengths else []
+
+
 def score_rows(scores: torch.Tensor) -> Pending:
     """Per-row float32 score arrays from a [B, k] tensor, copied to the host without blocking.
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bge_core.engine.tokens import load_tokenizer
-from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, split_rows
+from bge_core.families.base import Batch, Family, PackedBatch, Pending, TokenizedItem, split_rows, split_tokens
 from bge_core.families.text import tokenize_texts
 from bge_core.models.bert import load_packed_backbone, runs_fused
 
@@ -40,6 +40,19 @@ def pool_packed(hidden: torch.Tensor, batch: PackedBatch, method: str) -> torch.
         sums.index_add_(0, batch.seq_ids, hidden.float())
         return (sums / lengths[:, None]).to(hidden.dtype)
     raise ValueError(f"unknown pooling {method!r}; expected 'cls', 'mean' or 'last_token'")
+
+
+def token_states(hidden: torch.Tensor, lengths: list[int]) -> Pending:
+    """The last layer's state of every token (special tokens included), float32, one (tokens, d) array
+    per text, from the real tokens of a batch back to back ([T, d]): no pooling, head or normalisation.
+
+    Example:
+        >>> rows = token_states(torch.ones(5, 2), [2, 3]).host_outputs().rows()
+        >>> [r.shape for r in rows]
+        [(2, 2), (3, 2)]
+    """
+    # A copy even in float32: `hidden` may be a CUDA graph's output buffer, rewritten by the next replay.
+    return Pending({"token_states": hidden.to(torch.float32, copy=True)}, split_tokens("token_states", lengths))
 
 
 def load_backbone(path: str, device: torch.device, dtype: torch.dtype, packed: bool = False
@@ -98,10 +111,15 @@ class DenseFamily(Family):
         return self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
 
     def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
-        vectors = pool(self.hidden_states(batch), batch, options.get("pooling") or self.spec.pooling)
+        hidden = self.hidden_states(batch)
+        if options.get("token_states"):
+            return token_states(hidden[batch.attention_mask.bool()], batch.lengths)
+        vectors = pool(hidden, batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
+        if options.get("token_states"):
+            return token_states(hidden, batch.lengths)
         vectors = pool_packed(hidden, batch, options.get("pooling") or self.spec.pooling)
         return self._finish(vectors, options)
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Batch, PackedBatch, Pending
-from bge_core.families.dense import DenseFamily, load_backbone
+from bge_core.families.dense import DenseFamily, load_backbone, token_states
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ class M3Family(DenseFamily):
     def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
         hidden = self.hidden_states(batch)
         mask = batch.attention_mask.bool()
+        if options.get("token_states"):
+            return token_states(hidden[mask], batch.lengths)
         # Flatten the real tokens so padded and packed batches share one head implementation.
         lengths = torch.tensor(batch.lengths, device=hidden.device)
         seq_ids = torch.repeat_interleave(torch.arange(len(batch.lengths), device=hidden.device), lengths)
@@ -94,6 +96,8 @@ class M3Family(DenseFamily):
         return self._heads(tokens, options)
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
+        if options.get("token_states"):
+            return token_states(hidden, batch.lengths)
         tokens = Tokens(hidden=hidden, ids=batch.input_ids[0], lengths=batch.lengths, first=batch.starts,
                         seq_ids=batch.seq_ids)
         return self._heads(tokens, options)
