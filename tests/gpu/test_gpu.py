@@ -195,6 +195,19 @@ def test_cuda_graph_replay_matches_eager(gpu_checkpoints, parity_texts):
         assert set(one.lexical_weights[0]) == set(eager.lexical_weights[i])
 
 
+def test_token_states_from_graph_replays_match_eager_and_survive_the_next_replay(gpu_checkpoints, parity_texts):
+    """A replay's token states are copied out of the graph's output buffer, which the next replay rewrites."""
+    model = Embedder(gpu_checkpoints["m3"], device="cuda", reuse_outputs=False)
+    short = [t for t in parity_texts if len(t) < 200]
+    replays = model.loaded.engine.graphs.replays
+    graphed = [model.encode_token_states([t])[0] for t in short]  # queued one after another, then compared
+    assert model.loaded.engine.graphs.replays == replays + len(short)
+    with graphs_off(model):
+        eager = model.encode_token_states(short)
+    for got, want in zip(graphed, eager, strict=True):
+        assert got.shape == want.shape and row_cosines(got, want).min() >= 0.999
+
+
 @pytest.mark.parametrize("kind", ["m3", "dense"])
 def test_cuda_graph_of_several_sequences_matches_eager(gpu_checkpoints, parity_texts, kind):
     """A server merges a few queries into one call: they replay one graph with room for 64 sequences.
