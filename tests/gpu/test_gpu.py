@@ -196,11 +196,12 @@ def test_cuda_graph_replay_matches_eager(gpu_checkpoints, parity_texts):
 
 
 def test_token_states_from_graph_replays_match_eager_and_survive_the_next_replay(gpu_checkpoints, parity_texts):
-    """A replay's token states are copied out of the graph's output buffer, which the next replay rewrites."""
+    """A replay's token states are copied out of the graph's output buffer (which the next replay rewrites):
+    each text's states stay those of its own replay."""
     model = Embedder(gpu_checkpoints["m3"], device="cuda", reuse_outputs=False)
     short = [t for t in parity_texts if len(t) < 200]
     replays = model.loaded.engine.graphs.replays
-    graphed = [model.encode_token_states([t])[0] for t in short]  # queued one after another, then compared
+    graphed = [model.encode_token_states([t])[0] for t in short]  # one replay each
     assert model.loaded.engine.graphs.replays == replays + len(short)
     with graphs_off(model):
         eager = model.encode_token_states(short)
