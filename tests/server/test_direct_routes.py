@@ -15,7 +15,7 @@ from bge_server.app import ServerApp
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-HOT = {"/embed", "/embed_sparse", "/embed_m3", "/rerank", "/predict", "/similarity", "/tokenize", "/decode",
+HOT = {"/embed", "/embed_all", "/embed_sparse", "/embed_m3", "/rerank", "/predict", "/similarity", "/tokenize", "/decode",
        "/", "/invocations", "/v1/embeddings", "/embeddings", "/v1/rerank", "/v2/rerank"}
 
 #: (path, JSON body or raw bytes): answers, client errors of each kind, and both API shapes.
@@ -34,6 +34,8 @@ REQUESTS: list[tuple[str, Any]] = [
     ("/embed", b""),
     ("/embed", b"[1, 2]"),
     ("/embed_sparse", {"inputs": ["sparse weights of this text"]}),
+    ("/embed_all", {"inputs": ["every token's state"], "prompt_name": "query"}),
+    ("/embed_all", {"inputs": []}),
     ("/embed_m3", {"inputs": ["all three"], "colbert": True}),
     ("/embed_m3", {"inputs": ["none"], "dense": False, "sparse": False}),
     ("/rerank", {"query": "q", "texts": ["first passage", "second one"], "return_text": True}),
