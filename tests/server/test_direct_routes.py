@@ -15,8 +15,8 @@ from bge_server.app import ServerApp
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-HOT = {"/embed", "/embed_all", "/embed_sparse", "/embed_m3", "/rerank", "/predict", "/similarity", "/tokenize", "/decode",
-       "/", "/invocations", "/v1/embeddings", "/embeddings", "/v1/rerank", "/v2/rerank"}
+HOT = {"/embed", "/embed_all", "/embed_sparse", "/embed_m3", "/rerank", "/predict", "/similarity", "/tokenize",
+       "/decode", "/", "/invocations", "/v1/embeddings", "/embeddings", "/v1/rerank", "/v2/rerank"}
 
 #: (path, JSON body or raw bytes): answers, client errors of each kind, and both API shapes.
 REQUESTS: list[tuple[str, Any]] = [
