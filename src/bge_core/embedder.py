@@ -225,24 +225,29 @@ class Embedder(ModelHandle):
         items, _ = as_text_list(texts)
         if self.family == "visualized":
             raise ValueError(f"{self.loaded.path} is a Visualized-BGE model: token states are served for text models")
-        options: dict[str, Any] = {"token_states": True}
+        instruction, template, options = self._prompt_format(prompt)
+        items = [apply_instruction(instruction, t, template) for t in items]
+        return self.loaded.engine.run(items, max_length=max_length or self.max_length,
+                                      options={**options, "token_states": True}, truncate=truncate,
+                                      token_budget=self.batch_tokens)
+
+    def _prompt_format(self, prompt: str | None) -> tuple[str | None, str, dict[str, Any]]:
+        """(instruction, instruction format, engine options) of texts sent as queries (``"query"``: the query
+        instruction and, for bge-en-icl, its in-context examples), documents (``"document"``) or as they are
+        (None)."""
+        if prompt is None:
+            return None, "{}{}", {}
         if prompt == "query":
-            items = [apply_instruction(self.query_instruction, t, self.spec.query_instruction_format) for t in items]
+            options: dict[str, Any] = {}
             if self.family == "icl":
-                options.update(self._icl_query_options())
-        elif prompt == "document":
-            items = [apply_instruction(self.passage_instruction, t, self.passage_instruction_format) for t in items]
-        elif prompt is not None:
-            raise ValueError(f"unknown prompt {prompt!r}; expected 'query', 'document' or None")
-        return self.loaded.engine.run(items, max_length=max_length or self.max_length, options=options,
-                                      truncate=truncate, token_budget=self.batch_tokens)
+                from bge_core.families.icl import examples_prefix
 
-    def _icl_query_options(self) -> dict[str, Any]:
-        """What bge-en-icl's tokenizer needs to format a query with its in-context examples."""
-        from bge_core.families.icl import examples_prefix
-
-        prefix = examples_prefix(self.examples, self.query_instruction, self.examples_format)
-        return {"icl_query": True, "prefix": prefix, "suffix": self.spec.suffix}
+                prefix = examples_prefix(self.examples, self.query_instruction, self.examples_format)
+                options = {"icl_query": True, "prefix": prefix, "suffix": self.spec.suffix}
+            return self.query_instruction, self.spec.query_instruction_format, options
+        if prompt == "document":
+            return self.passage_instruction, self.passage_instruction_format, {}
+        raise ValueError(f"unknown prompt {prompt!r}; expected 'query', 'document' or None")
 
     def _warm_call(self, texts: list[str], max_length: int) -> None:
         m3 = self.family == "m3"
@@ -311,11 +316,10 @@ class Embedder(ModelHandle):
             >>> Embedder("BAAI/bge-base-en-v1.5").encode_queries(["what is BGE?"]).dense.shape
             (1, 768)
         """
-        if self.family == "icl":
-            kwargs["_options"] = self._icl_query_options()
-        return self.encode(
-            texts, instruction=self.query_instruction, instruction_format=self.spec.query_instruction_format, **kwargs
-        )
+        instruction, template, options = self._prompt_format("query")
+        if options:
+            kwargs["_options"] = options
+        return self.encode(texts, instruction=instruction, instruction_format=template, **kwargs)
 
     def encode_documents(self, texts: str | Sequence[str], **kwargs: Any) -> Embeddings:
         """`encode` with the passage instruction, if the model has one.
@@ -323,9 +327,8 @@ class Embedder(ModelHandle):
         Example:
             >>> Embedder("BAAI/bge-m3").encode_documents(["a passage"], sparse=True).lexical_weights
         """
-        return self.encode(
-            texts, instruction=self.passage_instruction, instruction_format=self.passage_instruction_format, **kwargs
-        )
+        instruction, template, _ = self._prompt_format("document")
+        return self.encode(texts, instruction=instruction, instruction_format=template, **kwargs)
 
     def _encode_m3(
         self, items: list[str], dense: bool, sparse: bool, colbert: bool, options: dict[str, Any], run: dict[str, Any]

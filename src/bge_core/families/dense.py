@@ -114,14 +114,21 @@ class DenseFamily(Family):
         hidden = self.hidden_states(batch)
         if options.get("token_states"):
             return token_states(hidden[batch.attention_mask.bool()], batch.lengths)
-        vectors = pool(hidden, batch, options.get("pooling") or self.spec.pooling)
-        return self._finish(vectors, options)
+        return self.padded_outputs(hidden, batch, options)
 
     def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         if options.get("token_states"):
             return token_states(hidden, batch.lengths)
-        vectors = pool_packed(hidden, batch, options.get("pooling") or self.spec.pooling)
-        return self._finish(vectors, options)
+        return self.packed_outputs(hidden, batch, options)
+
+    # Token states are every text model's; a subclass replaces only what it makes of them (its heads).
+    def padded_outputs(self, hidden: torch.Tensor, batch: Batch, options: dict[str, Any]) -> Pending:
+        """The family's outputs from a padded batch's token states [B, L, d]."""
+        return self._finish(pool(hidden, batch, options.get("pooling") or self.spec.pooling), options)
+
+    def packed_outputs(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
+        """The family's outputs from a packed batch's token states [T, d]."""
+        return self._finish(pool_packed(hidden, batch, options.get("pooling") or self.spec.pooling), options)
 
     def _finish(self, vectors: torch.Tensor, options: dict[str, Any]) -> Pending:
         vectors = vectors.float()

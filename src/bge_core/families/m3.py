@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bge_core.errors import ModelLoadError
 from bge_core.families.base import Batch, PackedBatch, Pending
-from bge_core.families.dense import DenseFamily, load_backbone, token_states
+from bge_core.families.dense import DenseFamily, load_backbone
 
 
 @dataclass(frozen=True)
@@ -82,11 +82,8 @@ class M3Family(DenseFamily):
         sparse = load_linear_head(os.path.join(path, "sparse_linear.pt"), hidden, 1)
         return cls(tokenizer, model, spec, colbert.to(device, dtype).eval(), sparse.to(device, dtype).eval())
 
-    def forward(self, batch: Batch, options: dict[str, Any]) -> Pending:
-        hidden = self.hidden_states(batch)
+    def padded_outputs(self, hidden: torch.Tensor, batch: Batch, options: dict[str, Any]) -> Pending:
         mask = batch.attention_mask.bool()
-        if options.get("token_states"):
-            return token_states(hidden[mask], batch.lengths)
         # Flatten the real tokens so padded and packed batches share one head implementation.
         lengths = torch.tensor(batch.lengths, device=hidden.device)
         seq_ids = torch.repeat_interleave(torch.arange(len(batch.lengths), device=hidden.device), lengths)
@@ -95,9 +92,7 @@ class M3Family(DenseFamily):
                         seq_ids=seq_ids)
         return self._heads(tokens, options)
 
-    def heads_packed(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
-        if options.get("token_states"):
-            return token_states(hidden, batch.lengths)
+    def packed_outputs(self, hidden: torch.Tensor, batch: PackedBatch, options: dict[str, Any]) -> Pending:
         tokens = Tokens(hidden=hidden, ids=batch.input_ids[0], lengths=batch.lengths, first=batch.starts,
                         seq_ids=batch.seq_ids)
         return self._heads(tokens, options)
