@@ -443,11 +443,12 @@ def main() -> None:
             versions[name] = version(name)
         except PackageNotFoundError:
             versions[name] = "not installed"
-    print(f"card: {card}; {versions}", flush=True)
+    environment = W.run_environment()
+    print(f"card: {card}; {versions}; environment {environment}", flush=True)
     for name in args.only.split(","):
         SECTIONS[name](args)
     with open(os.path.join(OUT, "bench.json"), "w") as fh:
-        json.dump(dict(card=card, versions=versions, rows=ROWS), fh, indent=1)
+        json.dump(dict(card=card, versions=versions, environment=environment, rows=ROWS), fh, indent=1)
     print(f"\n{'system':45s} {'workload':18s} {'outputs':7s} {'k tok/s':>9s} {'pairs/s':>8s} {'GiB':>5s}")
     for r in ROWS:
         if "tok_s" in r:

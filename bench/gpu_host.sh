@@ -1,7 +1,7 @@
 # Prepares a GPU machine that has torch and transformers but no network for the GPU tests and benchmarks.
 # Source it from the repository root:  . bench/gpu_host.sh
 #
-# Wheels it expects, downloaded here beforehand (`pip download --no-deps --python-version 3.12 …`):
+# Wheels it expects, downloaded here beforehand by `bash bench/fetch_wheels.sh`:
 #   .whl/*.whl          what the image lacks for this project's tests and benchmarks (FlagEmbedding,
 #                       fastapi, uvicorn, orjson, py-spy, …); installed under /tmp/site
 #   .whl-inf/*.whl      optional: infinity-emb 0.0.78 with its own transformers 4.57.6 and

@@ -119,7 +119,12 @@ def start_infinity(python: str, model: str, device: str) -> tuple[subprocess.Pop
     command = [exe if os.path.exists(exe) else shutil.which("infinity_emb") or exe, "v2", "--model-id", model,
                "--served-model-name", "bench", "--port", str(port), "--host", "127.0.0.1",
                "--device", "cuda" if device.startswith("cuda") else "cpu", "--engine", "torch", "--no-model-warmup"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.makedirs(OUT, exist_ok=True)
+    log_path = os.path.join(OUT, "infinity.log")
+    with open(log_path, "w") as log:
+        # No telemetry: a benchmark host may have no network, and a send that waits on DNS is not its speed.
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "DO_NOT_TRACK": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
@@ -130,7 +135,9 @@ def start_infinity(python: str, model: str, device: str) -> tuple[subprocess.Pop
             pass
         time.sleep(1)
     process.kill()
-    raise RuntimeError(f"infinity_emb did not start ({' '.join(command)})")
+    with open(log_path, errors="replace") as log:
+        tail = log.read()[-2000:]
+    raise RuntimeError(f"infinity_emb did not start ({' '.join(command)}):\n{tail}")
 
 
 def load(url: str, path: str, field: str, batches: list[list[str]], clients: int,
@@ -447,6 +454,7 @@ def main() -> None:
     parser.add_argument("--load-processes", type=int, default=8, help="load-generator processes (at most one per "
                         "client)")
     args = parser.parse_args()
+    environment = W.run_environment()
 
     model = args.model or checkpoint(args.quick)
     n_single = args.singles or (256 if args.quick else 4096)
@@ -525,8 +533,8 @@ def main() -> None:
               f"{fmt(row['p50_ms'])} {fmt(row['p99_ms'])} {ratio(row):>9}")
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, "serve_bench.json"), "w") as f:
-        json.dump({"model": model, "device": args.device, "dtype": args.dtype, "in_process": engine, "rows": rows}, f,
-                  indent=1)
+        json.dump({"model": model, "device": args.device, "dtype": args.dtype, "environment": environment,
+                   "in_process": engine, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,27 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 
 VOCAB_WORDS = 50_000
+#: Environment variables that change what a run measures; each run records those that are set.
+MEASURED_ENV = ("TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "BGE_SERVE_REJOIN_WAIT", "CUDA_VISIBLE_DEVICES")
+
+
+def run_environment() -> dict[str, str]:
+    """The `MEASURED_ENV` variables set for this run, to store with its results; warns where one makes the run
+    unlike a user's (TOKENIZERS_PARALLELISM=false tokenizes every system on one thread: on a 16-core GPU host it
+    cut the cross-encoder from 6,694 to 3,104 pairs/s, BENCHMARKS.md, fifteenth session).
+
+    Example:
+        >>> os.environ["TOKENIZERS_PARALLELISM"] = "false"; run_environment()  # doctest: +SKIP
+        {'TOKENIZERS_PARALLELISM': 'false'}
+    """
+    found = {name: os.environ[name] for name in MEASURED_ENV if name in os.environ}
+    if found.get("TOKENIZERS_PARALLELISM", "").strip().lower() in ("0", "false", "no", "off"):
+        print("warning: TOKENIZERS_PARALLELISM=false: tokenizers run on one thread, so every system's host work "
+              "is slower than a user's; unset it for figures to report", file=sys.stderr, flush=True)
+    return found
 
 
 def word_tokenizer(path: str, kind: str = "xlmr") -> None:

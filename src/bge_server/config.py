@@ -136,7 +136,9 @@ class ServerConfig:
     def batcher_rejoin_wait(self) -> float:
         """`rejoin_wait` where set, else $BGE_SERVE_REJOIN_WAIT, else 0 (each call starts at once). Off by
         default: on two CPU cores it merged twice the inputs per call but gained no throughput that the
-        machine's noise did not also give (BENCHMARKS.md, twelfth session); not measured on a GPU yet.
+        machine's noise did not also give (BENCHMARKS.md, twelfth session); on one H100, 64 single-query
+        clients, 0.25 gave 9,821 against 6,435 texts/s in one run and 7,518 against 9,216 in another
+        (fifteenth session): no gain that holds.
 
         Example:
             >>> ServerConfig(models=["m"], rejoin_wait=0.25).batcher_rejoin_wait()
