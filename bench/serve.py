@@ -141,8 +141,10 @@ def start_infinity(python: str, model: str, device: str) -> tuple[subprocess.Pop
 
 
 def load(url: str, path: str, field: str, batches: list[list[str]], clients: int,
-         processes: int = 8, on_start: Any = None) -> dict[str, Any]:
-    """`clients` concurrent clients share `batches` (one request each, in order); bounded by SCENARIO_LIMIT_S.
+         processes: int = 8, on_start: Any = None, min_seconds: float = 0.0) -> dict[str, Any]:
+    """`clients` concurrent clients share `batches` (one request each, in order), sent again from the first
+    while less than `min_seconds` have passed (a scenario that lasts under a second measures its start and
+    end more than the server); bounded by SCENARIO_LIMIT_S.
 
     The clients run in up to `processes` load-generator processes (asyncio each, uvloop where installed,
     raw keep-alive HTTP/1.1), so that one generator's Python is not the ceiling of what is measured.
@@ -154,7 +156,8 @@ def load(url: str, path: str, field: str, batches: list[list[str]], clients: int
     start_at = spawn.Value("d", 0.0)
     ready = spawn.Barrier(processes + 1)
     answers = spawn.Queue()
-    workers = [spawn.Process(target=_load_process, args=(url, path, field, share, n, ready, start_at, answers))
+    workers = [spawn.Process(target=_load_process,
+                             args=(url, path, field, share, n, ready, start_at, answers, min_seconds))
                for share, n in zip(shares, per_process)]
     for worker in workers:
         worker.start()
@@ -182,8 +185,9 @@ def load(url: str, path: str, field: str, batches: list[list[str]], clients: int
 
 
 def _load_process(url: str, path: str, field: str, batches: list[list[str]], clients: int, ready: Any,
-                  start_at: Any, answers: Any) -> None:
-    """One load-generator process: `clients` coroutines share `batches`; puts (latencies, texts, end)."""
+                  start_at: Any, answers: Any, min_seconds: float = 0.0) -> None:
+    """One load-generator process: `clients` coroutines share `batches` (again from the first until
+    `min_seconds` have passed); puts (latencies, texts, end, CPU seconds)."""
 
     def body_of(batch: list[str]) -> dict[str, Any]:
         return {field: batch, "model": "bench"} if field == "input" else {field: batch}
@@ -198,7 +202,12 @@ def _load_process(url: str, path: str, field: str, batches: list[list[str]], cli
 
         async def client() -> None:
             nonlocal sent
-            while not queue.empty() and time.perf_counter() < deadline:
+            while time.perf_counter() < deadline:
+                if queue.empty():
+                    if time.perf_counter() >= again_until:
+                        return
+                    for batch in batches:
+                        queue.put_nowait(batch)
                 batch = queue.get_nowait()
                 start = time.perf_counter()
                 await post(body_of(batch))
@@ -211,6 +220,7 @@ def _load_process(url: str, path: str, field: str, batches: list[list[str]], cli
             while time.perf_counter() < start_at.value:
                 await asyncio.sleep(0.001)
             deadline = time.perf_counter() + SCENARIO_LIMIT_S
+            again_until = time.perf_counter() + min_seconds
             cpu_at_start = time.process_time()  # this load generator's own cost, reported beside the server's
             await asyncio.gather(*(client() for _ in range(clients)))
             return latencies, sent, time.perf_counter(), time.process_time() - cpu_at_start
@@ -451,6 +461,8 @@ def main() -> None:
     parser.add_argument("--profile", type=float, default=0, help="py-spy the server for this many seconds of "
                         "the busiest single-query scenario (needs py-spy)")
     parser.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="each scenario sends its requests again "
+                        "until it has run this long (0: once)")
     parser.add_argument("--load-processes", type=int, default=8, help="load-generator processes (at most one per "
                         "client)")
     args = parser.parse_args()
@@ -500,7 +512,8 @@ def main() -> None:
                     profile = (profile_later(args.py_spy, process.pid, args.profile) if args.profile and
                                name == "bge serve" and workload == "single" and count == max(clients) else None)
                     try:
-                        measured = load(url, path, field, work, count, args.load_processes, profile)
+                        measured = load(url, path, field, work, count, args.load_processes, profile,
+                                        args.min_seconds)
                     except Exception:
                         print(f"{name} {workload} x{count} failed; the server's last lines:\n"
                               + "".join(SERVER_OUTPUT.get(process.pid, ())), file=sys.stderr, flush=True)
