@@ -17,18 +17,23 @@ export PYTHONUNBUFFERED=1
 # shellcheck source=bench/gpu_host.sh
 . bench/gpu_host.sh >>"$log" 2>&1
 { date; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc; } >>"$log" 2>&1
+step() {  # step SECONDS COMMAND...: run it under a time limit, its output and exit status into the log
+    local limit=$1
+    shift
+    timeout -k 5 "$limit" "$@" >>"$log" 2>&1
+    echo "exit $? of '$*' at $(date +%T)" >>"$log"
+}
 case "$section" in
     tests)
-        timeout -k 5 200 python3 -m pytest -m gpu tests/gpu -q --no-header -rfE >>"$log" 2>&1
+        step 200 python3 -m pytest -m gpu tests/gpu -q --no-header -rfE
         mkdir -p "$OUT/longattn"
-        OUT=$OUT/longattn timeout -k 5 60 python3 bench/probe_gpu.py longattn >>"$log" 2>&1 ;;
+        OUT=$OUT/longattn step 60 python3 bench/probe_gpu.py longattn ;;
     engine)
-        timeout -k 5 560 python3 bench/bench.py --only m3,rerank,latency,fp8 >>"$log" 2>&1 ;;
+        step 560 python3 bench/bench.py --only m3,rerank,latency,fp8 ;;
     serve)
         mkdir -p "$OUT/serve"
-        OUT=$OUT/serve timeout -k 5 400 python3 bench/serve.py --clients 1,64 --infinity-clients 64 --singles 8192 \
-            --batches 64 --server-arg=--workers --server-arg=4 --infinity /tmp/infinity/bin/python >>"$log" 2>&1 ;;
+        OUT=$OUT/serve step 400 python3 bench/serve.py --clients 1,64 --infinity-clients 64 --singles 8192 \
+            --batches 64 --server-arg=--workers --server-arg=4 --infinity /tmp/infinity/bin/python ;;
     *) echo "unknown section $section: tests, engine or serve" >&2; exit 2 ;;
 esac
-echo "exit $? at $(date +%T)" >>"$log"
 grep -v "it/s\]" "$log" | tail -c 11000
