@@ -161,6 +161,7 @@ class Embedder(ModelHandle):
         max_length: int | None = None,
         truncate: bool = True,
         show_progress: bool = False,
+        on_tokens: Callable[[list[int], list[int]], None] | None = None,
         _options: dict[str, Any] | None = None,
     ) -> Embeddings:
         """Encode texts as they are (after an optional `instruction`); the one entry point.
@@ -171,6 +172,9 @@ class Embedder(ModelHandle):
                 All requested outputs come from one forward.
             instruction: put before every text with `instruction_format`.
             max_length: tokens per text; longer texts are cut (or rejected with ``truncate=False``).
+            on_tokens: called with text indices and how many tokens each runs with (special tokens and
+                instruction included, after truncation) as soon as they are tokenized, before their forward;
+                texts answered from the output memo (``reuse_outputs``) are not tokenized and not reported.
 
         Returns:
             `Embeddings` with ``dense`` (n, dim) float32, ``lexical_weights`` list of
@@ -190,7 +194,8 @@ class Embedder(ModelHandle):
         items = [apply_instruction(instruction, t, instruction_format) for t in items]
         limit = max_length or self.max_length
         options = {"normalize": self.spec.normalize, "pooling": self.spec.pooling, **(_options or {})}
-        run = dict(max_length=limit, truncate=truncate, show_progress=show_progress, token_budget=self.batch_tokens)
+        run = dict(max_length=limit, truncate=truncate, show_progress=show_progress, token_budget=self.batch_tokens,
+                   on_tokens=on_tokens)
         if self.family != "m3":
             gather = DenseGather(len(items), self.dim)
             self.loaded.engine.run(items, options=options, on_batch=gather, **run)
@@ -204,6 +209,7 @@ class Embedder(ModelHandle):
         prompt: str | None = None,
         max_length: int | None = None,
         truncate: bool = True,
+        on_tokens: Callable[[list[int], list[int]], None] | None = None,
     ) -> list[np.ndarray]:
         """The last layer's state of every token of each text, special tokens included: one float32
         (tokens, dim) array per text, before any pooling, head or normalisation (TEI's ``/embed_all``,
@@ -212,6 +218,7 @@ class Embedder(ModelHandle):
         Args:
             prompt: ``"query"`` or ``"document"`` formats the texts as `encode_queries` /
                 `encode_documents` do (instructions, in-context examples); None takes them as they are.
+            on_tokens: as in `encode`.
 
         Raises:
             ValueError: the model is a Visualized-BGE model, `prompt` is unknown, or ``truncate=False`` and a
@@ -229,7 +236,7 @@ class Embedder(ModelHandle):
         items = [apply_instruction(instruction, t, template) for t in items]
         return self.loaded.engine.run(items, max_length=max_length or self.max_length,
                                       options={**options, "token_states": True}, truncate=truncate,
-                                      token_budget=self.batch_tokens)
+                                      token_budget=self.batch_tokens, on_tokens=on_tokens)
 
     def _prompt_format(self, prompt: str | None) -> tuple[str | None, str, dict[str, Any]]:
         """(instruction, instruction format, engine options) of texts sent as queries (``"query"``: the query
@@ -348,6 +355,9 @@ class Embedder(ModelHandle):
             # together so the other half of a hybrid insert finds its result in the memo.
             wanted = {"dense": True, "sparse": True, "colbert": colbert} if self.reuse_outputs else \
                 {"dense": dense, "sparse": sparse, "colbert": colbert}
+            if run["on_tokens"] is not None and len(todo) < len(items):  # the engine counts within `todo`
+                told = run["on_tokens"]
+                run = {**run, "on_tokens": lambda indices, counts: told([todo[i] for i in indices], counts)}
             fresh = engine.run([items[i] for i in todo], options={**options, **wanted}, on_batch=gather, **run)
             for i, row in zip(todo, fresh):
                 rows[i] = row

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -114,6 +114,7 @@ class Reranker(ModelHandle):
         max_length: int | None = None,
         truncate: bool = True,
         show_progress: bool = False,
+        on_tokens: Callable[[list[int], list[int]], None] | None = None,
         **options: Any,
     ) -> np.ndarray:
         """Relevance scores of (query, passage) pairs, in input order.
@@ -121,6 +122,8 @@ class Reranker(ModelHandle):
         Args:
             pairs: a list of (query, passage) pairs, or one pair.
             normalize: sigmoid the scores (default: the constructor's choice).
+            on_tokens: called with pair indices and how many tokens each pair runs with (as the model reads
+                it: prompt, special tokens, after truncation) as soon as they are tokenized, before their forward.
             options: override `query_max_length`, `prompt`, `cutoff_layers`, `compress_ratio`,
                 `compress_layers` for this call.
 
@@ -141,7 +144,7 @@ class Reranker(ModelHandle):
         merged = {**self.options, **{k: v for k, v in options.items() if v is not None}}
         rows = self.loaded.engine.run(
             items, max_length=max_length or self.max_length, options=merged, truncate=truncate,
-            token_budget=self.batch_tokens, show_progress=show_progress,
+            token_budget=self.batch_tokens, show_progress=show_progress, on_tokens=on_tokens,
         )
         scores = np.stack(rows, axis=1).astype(np.float32) if rows else np.zeros((1, 0), dtype=np.float32)
         if self.normalize if normalize is None else normalize:

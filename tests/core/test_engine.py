@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bge_core import Embedder
+from bge_core import Embedder, Reranker
 from bge_core.engine import schedule
 
 
@@ -219,3 +219,68 @@ def test_remembered_and_fresh_dense_vectors_land_in_their_own_rows(m3_path, pari
     got = model.encode(parity_texts, sparse=True).dense
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert got.dtype == np.float32 and got.shape == want.shape
+
+
+def _told_counts(n: int) -> tuple[list[int | None], list, object]:
+    """A count per input, filled by an `on_tokens` hook that also records the order of events."""
+    counts: list[int | None] = [None] * n
+    events: list = []
+
+    def on_tokens(indices, told):
+        for index, count in zip(indices, told, strict=True):
+            assert counts[index] is None, f"input {index} reported twice"
+            counts[index] = count
+            events.append(("tokens", index))
+
+    return counts, events, on_tokens
+
+
+def test_on_tokens_reports_each_inputs_token_count_before_its_forward(m3_path, parity_texts):
+    """One call over several chunks (so tokenized in a helper thread): every input is reported once, with
+    the count `count_tokens` gives (truncated at max_length), before `on_batch` sees its output."""
+    from bge_core.engine import runner
+
+    model = Embedder(m3_path, device="cpu", reuse_outputs=False)
+    texts = [f"{t} #{i}" for i, t in enumerate(parity_texts * 3)] + ["word " * 400]
+    counts, events, on_tokens = _told_counts(len(texts))
+    engine = model.loaded.engine
+    chunk_chars, runner.FIRST_CHUNK_CHARS = runner.FIRST_CHUNK_CHARS, 200  # several chunks for a few texts
+    try:
+        assert len(runner._chunks(texts)) > 2
+        engine.run(texts, max_length=64, options={"dense": True}, token_budget=128, on_tokens=on_tokens,
+                   on_batch=lambda indices, _: events.extend(("batch", i) for i in indices))
+    finally:
+        runner.FIRST_CHUNK_CHARS = chunk_chars
+    assert counts == model.count_tokens(texts, max_length=64)
+    assert counts[-1] == 64
+    for index in range(len(texts)):
+        assert events.index(("tokens", index)) < events.index(("batch", index))
+
+
+def test_encode_reports_tokens_with_the_instruction_and_at_input_positions_past_the_memo(m3_path, parity_texts):
+    model = Embedder(m3_path, device="cpu", query_instruction="Represent this: ")
+    model.loaded.memo.clear()
+    texts = [f"{t} (on_tokens)" for t in parity_texts]
+    counts, _, on_tokens = _told_counts(len(texts))
+    model.encode_queries(texts, on_tokens=on_tokens)
+    assert counts == model.count_tokens([f"Represent this: {t}" for t in texts], max_length=model.max_length)
+    model.encode(texts[::2])  # remembered now: only the others are tokenized again
+    counts, _, on_tokens = _told_counts(len(texts))
+    model.encode(texts, sparse=True, on_tokens=on_tokens)
+    fresh = model.count_tokens(texts, max_length=model.max_length)
+    assert counts == [None if i % 2 == 0 else fresh[i] for i in range(len(texts))]
+    states_counts, _, on_tokens = _told_counts(3)
+    states = model.encode_token_states(texts[:3], on_tokens=on_tokens)
+    assert states_counts == [len(s) for s in states]
+
+
+def test_reranker_reports_each_pairs_tokens(cross_encoder_path):
+    from transformers import AutoTokenizer
+
+    reranker = Reranker(cross_encoder_path, device="cpu")
+    pairs = [("what is a panda", "a bear"), ("q", "x " * 600), ("大熊猫", "竹子")]
+    counts, _, on_tokens = _told_counts(len(pairs))
+    reranker.score(pairs, on_tokens=on_tokens, max_length=128)
+    tokenizer = AutoTokenizer.from_pretrained(cross_encoder_path)
+    want = tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation="only_second", max_length=128)
+    assert counts == [len(ids) for ids in want["input_ids"]]

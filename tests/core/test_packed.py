@@ -77,8 +77,12 @@ def test_device_pool_spreads_batches_and_keeps_order(m3_path, parity_texts):
     engine = pool.loaded.engine
     assert isinstance(engine, ProcessDevicePool)
     before = engine.forward_calls
-    got = pool.encode(texts, sparse=True, colbert=True)
+    told: list[tuple[int, int]] = []
+    got = pool.encode(texts, sparse=True, colbert=True,
+                      on_tokens=lambda indices, counts: told.extend(zip(indices, counts, strict=True)))
     assert engine.forward_calls - before > 2  # many small batches, pulled by two workers
+    # Token counts come from the workers' own tokenization, one report per input.
+    assert sorted(told) == list(enumerate(single.count_tokens(texts, max_length=single.max_length)))
     assert sum(engine.rows_by_worker) == engine.rows_forwarded >= len(texts)
     want = single.encode(texts, sparse=True, colbert=True)
     np.testing.assert_allclose(got.dense, want.dense, atol=1e-5)

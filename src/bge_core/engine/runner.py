@@ -191,12 +191,16 @@ class Engine:
         token_budget: int | None = None,
         show_progress: bool = False,
         on_batch: Callable[[list[int], list[Any]], None] | None = None,
+        on_tokens: Callable[[list[int], list[int]], None] | None = None,
     ) -> list[Any]:
         """Compute the family's outputs for `items`, returned in input order.
 
         `on_batch`, if given, gets each batch's input indices and outputs as soon as they are built,
         while the device runs later batches (on several devices, from one thread per device, at the
-        same time): a caller can gather outputs off the call's critical path.
+        same time): a caller can gather outputs off the call's critical path. `on_tokens`, if given,
+        gets input indices and the number of tokens each input runs with (special tokens included, after
+        truncation) as soon as they are tokenized, before their forward: usage counts without a second
+        tokenization.
 
         Raises:
             ValueError: `truncate=False` and some items exceed `max_length` (indices listed).
@@ -208,7 +212,7 @@ class Engine:
         def deliver(indices: list[int], parts: list[HostOutputs]) -> None:
             place_rows(results, indices, parts, on_batch)
 
-        stream = self.batches(items, max_length, options, truncate, token_budget or self.token_budget)
+        stream = self.batches(items, max_length, options, truncate, token_budget or self.token_budget, on_tokens)
         # A disabled tqdm still costs tens of microseconds to make: a query's share of its latency.
         progress = tqdm(unit="tok", unit_scale=True, desc="encode") if show_progress else contextlib.nullcontext(_NoBar)
         with cycle_collection_paused(), progress as bar:
@@ -216,7 +220,8 @@ class Engine:
         return results
 
     def batches(
-        self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int
+        self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int,
+        on_tokens: Callable[[list[int], list[int]], None] | None = None,
     ) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
         """(input indices, tokenized rows) of each batch, longest inputs first.
 
@@ -227,18 +232,22 @@ class Engine:
         """
         spans = _chunks(items) if self.packed and truncate else [(0, items)]
         if len(spans) == 1:  # nothing to overlap with (e.g. one online query): no helper thread
-            rows = list(enumerate(self.tokenize(items, max_length, options)))
-            yield from self._batches_of(rows, max_length, truncate, budget, hold=False)
+            tokenized = self.tokenize(items, max_length, options)
+            _tell_tokens(on_tokens, 0, tokenized)
+            yield from self._batches_of(list(enumerate(tokenized)), max_length, truncate, budget, hold=False)
             return
-        yield from self.chunk_batches(((start, part, budget) for start, part in spans), max_length, options, ahead=2)
+        yield from self.chunk_batches(((start, part, budget) for start, part in spans), max_length, options, ahead=2,
+                                      on_tokens=on_tokens)
 
     def chunk_batches(self, chunks: Iterator[tuple[int, list[Any], int]], max_length: int, options: dict[str, Any],
-                      ahead: int) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
+                      ahead: int, on_tokens: Callable[[list[int], list[int]], None] | None = None,
+                      ) -> Iterator[tuple[list[int], list[TokenizedItem]]]:
         """Batches of a stream of (index of the first item, items, token budget) chunks, with truncation on.
 
         Up to `ahead` chunks are tokenized in a background thread while the device works. A chunk's
         last batch, if under half full, waits to be topped up by the next chunk (not the first
-        chunk's: the device should start at once; not when no next chunk is known yet).
+        chunk's: the device should start at once; not when no next chunk is known yet). `on_tokens`
+        hears of each chunk's token counts (as in `run`) before its first batch.
         """
         with ThreadPoolExecutor(max_workers=1) as pool:
             queued: collections.deque = collections.deque()
@@ -256,6 +265,7 @@ class Engine:
                 start, budget, future = queued.popleft()
                 tokenized = future.result()
                 take()
+                _tell_tokens(on_tokens, start, tokenized)
                 rows = [*held, *enumerate(tokenized, start)]
                 held = yield from self._batches_of(rows, max_length, True, budget, hold=not first and bool(queued))
                 first = False
@@ -360,6 +370,13 @@ class _NoBar:
     @staticmethod
     def update(n: int) -> None:
         pass
+
+
+def _tell_tokens(on_tokens: Callable[[list[int], list[int]], None] | None, start: int,
+                 tokenized: list[TokenizedItem]) -> None:
+    """Tell `on_tokens` the token counts of a tokenized span that starts at input `start`."""
+    if on_tokens is not None:
+        on_tokens(list(range(start, start + len(tokenized))), [len(t.ids) for t in tokenized])
 
 
 def _host_ids(rows: list[TokenizedItem]) -> tuple[np.ndarray, np.ndarray]:

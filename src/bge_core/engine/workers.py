@@ -127,7 +127,10 @@ def _worker_main(load_engine: Callable[..., Any], load_kwargs: dict[str, Any], w
             outbox.put((call, indices, counts, parts))
 
         try:
-            stream = engine.chunk_batches(iter(chunks), max_length, options, ahead=1)
+            def tokens(indices: list[int], counts: list[int], call: int = call) -> None:
+                results.put(("tokens", worker, (call, indices, counts)))
+
+            stream = engine.chunk_batches(iter(chunks), max_length, options, ahead=1, on_tokens=tokens)
             with cycle_collection_paused():
                 engine.drive(stream, options, deliver, _NoBar())
         except BaseException as error:  # noqa: BLE001 - sent back to the caller
@@ -279,6 +282,7 @@ class ProcessDevicePool:
         token_budget: int | None = None,
         show_progress: bool = False,
         on_batch: Callable[[list[int], list[Any]], None] | None = None,
+        on_tokens: Callable[[list[int], list[int]], None] | None = None,
     ) -> list[Any]:
         """`Engine.run` spread over every device's worker; outputs in input order."""
         if not items:
@@ -288,10 +292,11 @@ class ProcessDevicePool:
                 raise RuntimeError(f"the workers for {', '.join(self.devices)} have stopped; load the model again")
             self._check_alive()
             return self._run(items, max_length, options, truncate, token_budget or self.token_budget, show_progress,
-                             on_batch)
+                             on_batch, on_tokens)
 
     def _run(self, items: list[Any], max_length: int, options: dict[str, Any], truncate: bool, budget: int,
-             show_progress: bool, on_batch: Callable[[list[int], list[Any]], None] | None) -> list[Any]:
+             show_progress: bool, on_batch: Callable[[list[int], list[Any]], None] | None,
+             on_tokens: Callable[[list[int], list[int]], None] | None = None) -> list[Any]:
         call = next(self._calls)
         if not truncate:  # every input is checked before any work starts, as on one device
             _check_lengths(self.scheduler.tokenize(items, max_length, options), max_length)
@@ -338,6 +343,10 @@ class ProcessDevicePool:
                         continue
                     if kind == "error":
                         failure.append(payload[1])
+                        continue
+                    if kind == "tokens":
+                        if on_tokens is not None:
+                            on_tokens(payload[1], payload[2])
                         continue
                     _, indices, counts, message = payload
                     placed.append(readers[worker].submit(place, worker, indices, message))
