@@ -29,7 +29,7 @@ from bge_server.config import ServerConfig
 from bge_server.errors import ApiError, error_response
 from bge_server.metrics import Metrics
 from bge_server.models import ModelSet
-from bge_server.service import Context
+from bge_server.service import STARTED, Context
 
 log = logging.getLogger("bge_server")
 
@@ -216,7 +216,7 @@ class Gate:
         self.in_flight += 1
         self.metrics.in_flight.inc()
         self._requests.inc()
-        start = time.perf_counter()
+        start = scope[STARTED] = time.perf_counter()
         try:
             if self.direct is None or not await self.direct.answer(scope, counted_receive, tracked_send):
                 await self.app(scope, counted_receive, tracked_send)

@@ -63,6 +63,22 @@ class ClientGone(Exception):
 
 
 @dataclass
+class CallTimes:
+    """Where a request's inputs spent their time in the batcher, in seconds: waiting for an engine call
+    (`queue_s`) and in it (`call_s`), averaged over the inputs (a request split across calls has several).
+
+    Example:
+        >>> times = CallTimes()
+        >>> await batcher.submit(key, texts, times=times)
+        >>> times.queue_s < times.call_s
+        True
+    """
+
+    queue_s: float = 0.0
+    call_s: float = 0.0
+
+
+@dataclass
 class _Job:
     key: Hashable
     items: list[Any]
@@ -70,6 +86,8 @@ class _Job:
     future: asyncio.Future[list[Any]]
     queued_at: float = field(default_factory=time.perf_counter)
     gone: bool = False
+    started: float = 0.0  # when its engine call started and ended
+    ended: float = 0.0
 
 
 class MicroBatcher:
@@ -138,11 +156,12 @@ class MicroBatcher:
         """Inputs waiting for an engine call."""
         return sum(len(job.items) for job in self._queue)
 
-    async def submit(self, key: Hashable, items: list[Any], request: Request | None = None) -> list[Any]:
+    async def submit(self, key: Hashable, items: list[Any], request: Request | None = None,
+                     times: CallTimes | None = None) -> list[Any]:
         """Results of `items` (in order) under options `key`, computed with whatever else is queued.
 
         With a `request`, a client that disconnects while its jobs wait has them dropped and gets
-        `ClientGone`.
+        `ClientGone`. `times`, if given, gets the inputs' mean time queued and in their engine call.
         """
         if self._wakeup is None:
             raise ApiError("Unhealthy", "the model's batcher is not running")
@@ -164,6 +183,9 @@ class MicroBatcher:
         finally:
             if timer is not None:
                 timer.cancel()
+        if times is not None:
+            times.queue_s = sum((job.started - job.queued_at) * len(job.items) for job in jobs) / len(items)
+            times.call_s = sum((job.ended - job.started) * len(job.items) for job in jobs) / len(items)
         return parts if len(jobs) == 1 else self._join(parts)
 
     def _take(self) -> list[_Job]:
@@ -213,13 +235,16 @@ class MicroBatcher:
                 for job in batch:
                     self._metrics.queue_duration.observe(started - job.queued_at)
                 self._metrics.batch_size.observe(len(items))
+            for job in batch:
+                job.started = started
             try:
                 results = await self._call(batch[0].key, items)
             except Exception as error:  # noqa: BLE001 - each job gets its own verdict below
                 await self._run_alone(batch, error)
             else:
-                position = 0
+                position, ended = 0, time.perf_counter()
                 for job in batch:
+                    job.ended = ended
                     if not job.future.done():
                         job.future.set_result(results[position : position + len(job.items)])
                     position += len(job.items)
@@ -251,7 +276,9 @@ class MicroBatcher:
             try:
                 result = error if len(batch) == 1 else None
                 if result is None:
+                    job.started = time.perf_counter()
                     result = await self._call(job.key, job.items)
+                job.ended = time.perf_counter()
                 if isinstance(result, Exception):
                     raise result
                 job.future.set_result(result)

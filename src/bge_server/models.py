@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 import numpy as np
 
@@ -32,7 +33,6 @@ class EmbedKey(NamedTuple):
     dense: bool = True
     sparse: bool = False
     colbert: bool = False
-    usage: bool = False  # count each input's tokens (OpenAI's usage), in the same engine call
     token_states: bool = False  # every token's last-layer state instead of the outputs above (/embed_all)
 
 
@@ -44,49 +44,36 @@ class EmbedRow(NamedTuple):
     colbert: np.ndarray | None
     tokens: int | None = None
     token_states: np.ndarray | None = None
+    tokenization_s: float | None = None
 
 
 @dataclass(frozen=True)
-class EmbedRows:
-    """The outputs of consecutive inputs, one column per output: one (n, dim) dense matrix rather than
-    a vector per input, so a reply of the engine host pickles one array (a row each cost ~5 µs of the
-    host's main thread) and a route writes the matrix as it is. Sliced, iterated (as `EmbedRow`s) and
-    joined like a list of rows; columns not asked for are None.
-
-    Example:
-        >>> rows = EmbedRows(3, np.zeros((3, 4), np.float32), None, None, [2, 5, 1])
-        >>> len(rows[1:]), sum(rows[1:].tokens), next(iter(rows)).dense.shape
-        (2, 6, (4,))
+class Columns:
+    """The results of consecutive inputs, one column per output: one (n, dim) matrix rather than a value
+    per input, so a reply of the engine host pickles one array (a row each cost ~5 µs of the host's main
+    thread) and a route writes the matrix as it is. Sliced and joined like a list of rows (the batchers
+    and the engine host cut a merged call's results per request that way); columns not computed are None.
+    Subclasses declare the columns as fields after `count`.
     """
 
     count: int
-    dense: np.ndarray | None
-    sparse: list[dict[int, float]] | None
-    colbert: list[np.ndarray] | None
-    tokens: list[int] | None = None
-    token_states: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return self.count
 
     def columns(self) -> list[Any]:
-        """The outputs in `EmbedRow`'s order (None for one not asked for)."""
-        return [getattr(self, name) for name in EmbedRow._fields]
+        """The columns in field order (None for one not computed)."""
+        return [getattr(self, f.name) for f in fields(self)[1:]]
 
-    def __getitem__(self, part: slice) -> EmbedRows:
+    def __getitem__(self, part: slice) -> Self:
         if not isinstance(part, slice) or part.step not in (None, 1):
-            raise TypeError("EmbedRows are sliced in order (rows[a:b]); iterate them for single rows")
+            raise TypeError(f"{type(self).__name__} are sliced in order (rows[a:b]); iterate them for single rows")
         start, stop, _ = part.indices(self.count)
-        return EmbedRows(max(stop - start, 0),
-                         *(None if column is None else column[start:stop] for column in self.columns()))
-
-    def __iter__(self) -> Iterator[EmbedRow]:
-        columns = self.columns()
-        for i in range(self.count):
-            yield EmbedRow(*(None if column is None else column[i] for column in columns))
+        return type(self)(max(stop - start, 0),
+                          *(None if column is None else column[start:stop] for column in self.columns()))
 
     @classmethod
-    def join(cls, parts: list[EmbedRows]) -> EmbedRows:
+    def join(cls, parts: list[Self]) -> Self:
         """The rows of `parts`, in order (the pieces of a request that was split across engine calls)."""
 
         def joined(pieces: tuple[Any, ...]) -> Any:
@@ -97,6 +84,67 @@ class EmbedRows:
             return [value for piece in pieces for value in piece]
 
         return cls(sum(p.count for p in parts), *map(joined, zip(*(p.columns() for p in parts))))
+
+
+@dataclass(frozen=True)
+class EmbedRows(Columns):
+    """An embedding call's outputs, iterated as `EmbedRow`s.
+
+    `tokens` is each input's token count and `tokenization_s` the time its engine call took to tokenize
+    (the same for every input of a call), both from the engine (`Embedder.encode`'s ``on_tokens``).
+
+    Example:
+        >>> rows = EmbedRows(3, np.zeros((3, 4), np.float32), None, None, [2, 5, 1])
+        >>> len(rows[1:]), sum(rows[1:].tokens), next(iter(rows)).dense.shape
+        (2, 6, (4,))
+    """
+
+    dense: np.ndarray | None
+    sparse: list[dict[int, float]] | None
+    colbert: list[np.ndarray] | None
+    tokens: np.ndarray | list[int] | None = None
+    token_states: list[np.ndarray] | None = None
+    tokenization_s: np.ndarray | None = None
+
+    def __iter__(self) -> Iterator[EmbedRow]:
+        columns = self.columns()
+        for i in range(self.count):
+            yield EmbedRow(*(None if column is None else column[i] for column in columns))
+
+
+@dataclass(frozen=True)
+class ScoreRows(Columns):
+    """A reranker call's scores, with each pair's token count and its call's tokenization time (as in
+    `EmbedRows`).
+
+    Example:
+        >>> rows = ScoreRows(2, [0.9, 0.1], np.array([12, 30]), np.array([1e-4, 1e-4]))
+        >>> rows[1:].scores, int(rows.tokens.sum())
+        ([0.1], 42)
+    """
+
+    scores: list[float]
+    tokens: np.ndarray | None = None
+    tokenization_s: np.ndarray | None = None
+
+
+class _TokenClock:
+    """An engine call's `on_tokens` hook: each input's token count, and when the first inputs were tokenized
+    (the rest of a large call is tokenized while the device runs the first batches)."""
+
+    def __init__(self, count: int) -> None:
+        self.started = time.perf_counter()
+        self.tokens = np.zeros(count, dtype=np.int64)
+        self.tokenized: float | None = None
+
+    def __call__(self, indices: list[int], counts: list[int]) -> None:
+        self.tokens[indices] = counts
+        if self.tokenized is None:
+            self.tokenized = time.perf_counter()
+
+    def tokenization_s(self) -> np.ndarray:
+        """The call's time to its first tokenized inputs, once per input (a mean over inputs is the call's)."""
+        return np.full(len(self.tokens), (self.tokenized or self.started) - self.started)
 
 
 @dataclass
@@ -116,13 +164,15 @@ class ServedEmbedder:
         """The engine call of merged requests (runs in a worker thread)."""
         assert isinstance(key, EmbedKey)
         handle = self.embedder if key.normalize else self.raw
+        clock = _TokenClock(len(texts))
         if key.token_states:
-            states = handle.encode_token_states(texts, prompt=key.prompt, truncate=key.truncate)
-            return EmbedRows(len(texts), None, None, None, None, states)
+            states = handle.encode_token_states(texts, prompt=key.prompt, truncate=key.truncate, on_tokens=clock)
+            return EmbedRows(len(texts), None, None, None, clock.tokens, states, clock.tokenization_s())
         encode = {None: handle.encode, "query": handle.encode_queries, "document": handle.encode_documents}[key.prompt]
-        out = encode(texts, dense=key.dense, sparse=key.sparse, colbert=key.colbert, truncate=key.truncate)
-        tokens = handle.count_tokens(texts, max_length=handle.max_length) if key.usage else None
-        return EmbedRows(len(texts), out.dense, out.lexical_weights, out.colbert_vectors, tokens)
+        out = encode(texts, dense=key.dense, sparse=key.sparse, colbert=key.colbert, truncate=key.truncate,
+                     on_tokens=clock)
+        return EmbedRows(len(texts), out.dense, out.lexical_weights, out.colbert_vectors, clock.tokens, None,
+                         clock.tokenization_s())
 
 
 @dataclass
@@ -137,13 +187,14 @@ class ServedReranker:
 
     kind = "reranker"
 
-    def run(self, key: Hashable, pairs: list[tuple[str, str]]) -> list[float]:
+    def run(self, key: Hashable, pairs: list[tuple[str, str]]) -> ScoreRows:
         """Scores of merged (query, passage) pairs; key = (sigmoid, truncate)."""
         sigmoid, truncate = key  # type: ignore[misc]
-        scores = self.reranker.score(pairs, normalize=sigmoid, truncate=truncate)
+        clock = _TokenClock(len(pairs))
+        scores = self.reranker.score(pairs, normalize=sigmoid, truncate=truncate, on_tokens=clock)
         if scores.ndim == 2:  # several cutoff layers: the last one decides, as in Reranker.rerank
             scores = scores[-1]
-        return [float(s) for s in scores]
+        return ScoreRows(len(pairs), [float(s) for s in scores], clock.tokens, clock.tokenization_s())
 
 
 class ModelSet:
@@ -185,7 +236,7 @@ class ModelSet:
             served_rr = ServedReranker(name, model_id, reranker, None)  # type: ignore[arg-type]
             served_rr.batcher = MicroBatcher(served_rr.run, max_items=config.batch_items,
                                              workers=config.calls_for(reranker.device), metrics=metrics, name=name,
-                                             rejoin_wait=rejoin_wait)
+                                             join=ScoreRows.join, rejoin_wait=rejoin_wait)
             rerankers.append(served_rr)
         seen: set[str] = set()
         for served_model in [*embedders, *rerankers]:
@@ -214,7 +265,7 @@ class ModelSet:
             handle = RemoteHandle(host, described)
             batcher = MicroBatcher(partial(host.run, described["name"]), max_items=config.batch_items,
                                    workers=in_flight, metrics=metrics, name=described["name"], remote=True,
-                                   join=EmbedRows.join if described["kind"] == "embedding" else None,
+                                   join=EmbedRows.join if described["kind"] == "embedding" else ScoreRows.join,
                                    rejoin_wait=rejoin_wait)
             if described["kind"] == "embedding":
                 embedders.append(ServedEmbedder(described["name"], described["model_id"], handle, handle,  # type: ignore[arg-type]

@@ -10,9 +10,10 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
+from bge_server.batcher import CallTimes
 from bge_server.errors import ApiError
 from bge_server.schemas import RerankRequest, check_direction, text_inputs
-from bge_server.service import FastJSON, context, pair_scores, truncate_of
+from bge_server.service import Answer, characters, context, respond, scored_pairs, truncate_of
 
 
 def _documents(value: Any) -> Any:
@@ -23,6 +24,11 @@ def _documents(value: Any) -> Any:
 
 
 async def rerank_response(body: RerankRequest, request: Request, *, cohere: bool) -> Response:
+    """`rerank_answer` written with TEI's timing headers."""
+    return respond(request, await rerank_answer(body, request, cohere=cohere))
+
+
+async def rerank_answer(body: RerankRequest, request: Request, *, cohere: bool) -> Answer:
     """Scores of `body.query` with each text or document, sorted best first, in the shape asked for.
 
     TEI: ``[{"index", "score", "text"?}]``, every item (``raw_scores`` gives logits, else sigmoid).
@@ -37,19 +43,22 @@ async def rerank_response(body: RerankRequest, request: Request, *, cohere: bool
     raw = _documents(body.documents) if cohere else body.texts
     texts, _ = text_inputs(raw, field, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
-    scores = await pair_scores(request, served, body.query, texts, sigmoid=not body.raw_scores,
-                               truncate=truncate_of(ctx, body.truncate))
+    times = CallTimes()
+    rows = await scored_pairs(request, served, [(body.query, t) for t in texts], sigmoid=not body.raw_scores,
+                              truncate=truncate_of(ctx, body.truncate), times=times)
+    scores = rows.scores
     if any(s != s for s in scores):  # NaN: TEI reports it as a backend error
         raise ApiError("Backend", "the model returned NaN scores")
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()
+    chars = len(body.query) * len(texts) + characters(texts)  # TEI counts the query once per pair
     if not cohere:
-        return FastJSON([
-            {"index": i, "score": scores[i], **({"text": texts[i]} if body.return_text else {})} for i in order
-        ])
+        value: Any = [{"index": i, "score": scores[i], **({"text": texts[i]} if body.return_text else {})}
+                      for i in order]
+        return Answer(value, served, chars, rows, times)
     if body.top_n is not None:
         order = order[: body.top_n]
     results = [{"index": i, "relevance_score": scores[i]} for i in order]
     if body.return_documents:
         for result in results:
             result["document"] = {"text": texts[result["index"]]}
-    return FastJSON({"id": str(uuid.uuid4()), "results": results, "model": served.name})
+    return Answer({"id": str(uuid.uuid4()), "results": results, "model": served.name}, served, chars, rows, times)

@@ -7,10 +7,11 @@ import base64
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from bge_server.batcher import CallTimes
 from bge_server.models import EmbedKey
 from bge_server.rerank import rerank_response
 from bge_server.schemas import OpenAIEmbeddingRequest, RerankRequest, text_inputs
-from bge_server.service import FastJSON, context, dense_matrix, embed_rows
+from bge_server.service import Answer, FastJSON, characters, context, dense_matrix, embed_rows, respond
 
 router = APIRouter()
 
@@ -23,8 +24,9 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     ctx = context(request)
     served = ctx.models.embedding(body.model)
     texts, _ = text_inputs(body.input, "input", limit=ctx.config.max_client_batch_size)
-    rows = await embed_rows(request, served, texts, EmbedKey(None, True, ctx.config.auto_truncate, usage=True))
-    tokens = sum(rows.tokens or ())
+    times = CallTimes()
+    rows = await embed_rows(request, served, texts, EmbedKey(None, True, ctx.config.auto_truncate), times)
+    tokens = int(sum(rows.tokens))  # as the engine ran them: no second tokenization
     matrix = dense_matrix(rows, body.dimensions, True)
     if body.encoding_format == "base64":
         little = matrix.astype("<f4", copy=False)
@@ -32,8 +34,9 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     else:
         vectors = list(matrix)
     data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
-    return FastJSON({"object": "list", "data": data, "model": served.name,
-                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    body_out = {"object": "list", "data": data, "model": served.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return respond(request, Answer(body_out, served, characters(texts), rows, times))
 
 
 @router.post("/v1/rerank")

@@ -1,18 +1,22 @@
-"""TEI's routes with TEI's request and response shapes, plus ``/embed_m3`` (dense + sparse + ColBERT)."""
+"""TEI's routes with TEI's request and response shapes (and its timing headers, `compute_headers`), plus
+``/embed_m3`` (dense + sparse + ColBERT)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
+from bge_server.batcher import CallTimes
 from bge_server.errors import ApiError
 from bge_server.models import EmbedKey
-from bge_server.rerank import rerank_response
+from bge_server.rerank import rerank_answer
 from bge_server.schemas import (
     DecodeRequest,
     EmbedRequest,
@@ -22,16 +26,21 @@ from bge_server.schemas import (
     SimilarityRequest,
     SparseRequest,
     TokenizeRequest,
+    VertexRequest,
     check_direction,
     text_inputs,
 )
 from bge_server.service import (
+    Answer,
     FastJSON,
+    characters,
     context,
     dense_matrix,
     embed_rows,
     prompt_of,
     require_m3,
+    respond,
+    scored_pairs,
     sparse_items,
     truncate_of,
 )
@@ -42,13 +51,18 @@ router = APIRouter()
 @router.post("/embed")
 async def embed(body: EmbedRequest, request: Request) -> Response:
     """TEI: ``{inputs, normalize, truncate, prompt_name, dimensions}`` → ``[[f32]]`` (2-D even for one string)."""
+    return respond(request, await embed_answer(body, request))
+
+
+async def embed_answer(body: EmbedRequest, request: Request) -> Answer:
     ctx = context(request)
     served = ctx.models.embedding(body.model)
     texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), body.normalize, truncate_of(ctx, body.truncate))
-    rows = await embed_rows(request, served, texts, key)
-    return FastJSON(dense_matrix(rows, body.dimensions, body.normalize))
+    times = CallTimes()
+    rows = await embed_rows(request, served, texts, key, times)
+    return Answer(dense_matrix(rows, body.dimensions, body.normalize), served, characters(texts), rows, times)
 
 
 @router.post("/")
@@ -68,6 +82,35 @@ async def default_route(request: Request) -> Response:
     return await rerank(RerankRequest.model_validate(data), request)
 
 
+@router.post("/vertex")
+async def vertex(body: VertexRequest, request: Request) -> Response:
+    """TEI's Vertex AI route: ``{"instances": [body, …]}`` → ``{"predictions": [answer, …]}``. An instance with
+    ``query`` and ``texts`` is a /rerank body; any other is an /embed body where an embedding model is served
+    (the one its ``model`` names, else the first), else a /predict body. Instances run concurrently, so
+    they share engine calls; the first failing instance decides the error."""
+    ctx = context(request)
+    bodies: list[Any] = []
+    for i, instance in enumerate(body.instances):
+        if not isinstance(instance, dict):
+            raise ApiError("Validation", f"`instances[{i}]` must be a JSON object, got {type(instance).__name__}")
+        route = (RerankRequest if "query" in instance and "texts" in instance
+                 else EmbedRequest if ctx.models.embedders else PredictRequest)
+        try:
+            bodies.append(route.model_validate(instance))
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ApiError("Validation", f"`instances[{i}]`{' ' + where if where else ''}: {first['msg']}") from None
+    answers = [rerank_answer(b, request, cohere=False) if isinstance(b, RerankRequest)
+               else embed_answer(b, request) if isinstance(b, EmbedRequest) else predict_answer(b, request)
+               for b in bodies]
+    results = await asyncio.gather(*answers, return_exceptions=True)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
+    return FastJSON({"predictions": [answer.value for answer in results]})
+
+
 @router.post("/embed_sparse")
 async def embed_sparse(body: SparseRequest, request: Request) -> Response:
     """BGE-M3 lexical weights: ``[[{"index": token_id, "value": w}]]`` (zeros and special tokens dropped)."""
@@ -77,8 +120,10 @@ async def embed_sparse(body: SparseRequest, request: Request) -> Response:
     texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), True, truncate_of(ctx, body.truncate), dense=False, sparse=True)
-    rows = await embed_rows(request, served, texts, key)
-    return FastJSON([sparse_items(row.sparse or {}) for row in rows])
+    times = CallTimes()
+    rows = await embed_rows(request, served, texts, key, times)
+    return respond(request, Answer([sparse_items(row.sparse or {}) for row in rows], served, characters(texts),
+                                   rows, times))
 
 
 @router.post("/embed_all")
@@ -90,8 +135,9 @@ async def embed_all(body: SparseRequest, request: Request) -> Response:
     texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), True, truncate_of(ctx, body.truncate), dense=False, token_states=True)
-    rows = await embed_rows(request, served, texts, key)
-    return FastJSON(rows.token_states)
+    times = CallTimes()
+    rows = await embed_rows(request, served, texts, key, times)
+    return respond(request, Answer(rows.token_states, served, characters(texts), rows, times))
 
 
 @router.post("/embed_m3")
@@ -107,7 +153,8 @@ async def embed_m3(body: M3Request, request: Request) -> Response:
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), body.normalize, truncate_of(ctx, body.truncate),
                    body.dense, body.sparse, body.colbert)
-    rows = await embed_rows(request, served, texts, key)
+    times = CallTimes()
+    rows = await embed_rows(request, served, texts, key, times)
     out: list[dict[str, Any]] = []
     for row in rows:
         item: dict[str, Any] = {}
@@ -118,20 +165,24 @@ async def embed_m3(body: M3Request, request: Request) -> Response:
         if body.colbert:
             item["colbert"] = np.asarray(row.colbert, dtype=np.float32)
         out.append(item)
-    return FastJSON(out)
+    return respond(request, Answer(out, served, characters(texts), rows, times))
 
 
 @router.post("/rerank")
 async def rerank(body: RerankRequest, request: Request) -> Response:
     """TEI body ``{query, texts}`` → every text sorted by score; Cohere body ``{query, documents, top_n}``
     → ``{results: [{index, relevance_score}]}``."""
-    return await rerank_response(body, request, cohere=body.documents is not None)
+    return respond(request, await rerank_answer(body, request, cohere=body.documents is not None))
 
 
 @router.post("/predict")
 async def predict(body: PredictRequest, request: Request) -> Response:
     """TEI's classifier route on a reranker: a ``[query, passage]`` pair → ``[{"score", "label"}]``,
     a list of pairs → ``[[{"score", "label"}]]``."""
+    return respond(request, await predict_answer(body, request))
+
+
+async def predict_answer(body: PredictRequest, request: Request) -> Answer:
     ctx = context(request)
     served = ctx.models.reranker(body.model)
     check_direction(body.truncation_direction)
@@ -145,13 +196,11 @@ async def predict(body: PredictRequest, request: Request) -> Response:
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise ApiError("Validation", f"`inputs[{i}]` must be a [query, passage] pair of strings")
-    try:
-        scores = await served.batcher.submit(
-            (not body.raw_scores, truncate_of(ctx, body.truncate)), [tuple(p) for p in pairs], request)
-    except (ValueError, TypeError) as error:
-        raise ApiError("Validation", str(error)) from None
-    labelled = [[{"score": score, "label": "LABEL_0"}] for score in scores]
-    return FastJSON(labelled[0] if single else labelled)
+    times = CallTimes()
+    rows = await scored_pairs(request, served, [tuple(p) for p in pairs], sigmoid=not body.raw_scores,
+                              truncate=truncate_of(ctx, body.truncate), times=times)
+    labelled = [[{"score": score, "label": "LABEL_0"}] for score in rows.scores]
+    return Answer(labelled[0] if single else labelled, served, characters([t for p in pairs for t in p]), rows, times)
 
 
 @router.post("/similarity")
@@ -168,8 +217,11 @@ async def similarity(body: SimilarityRequest, request: Request) -> Response:
         check_direction(params.truncation_direction)
     key = EmbedKey(prompt_of(params.prompt_name if params else None), True,
                    truncate_of(ctx, params.truncate if params else None))
-    matrix = dense_matrix(await embed_rows(request, served, texts, key), None, True)
-    return FastJSON((matrix[1:] @ matrix[0]).astype(np.float32))
+    times = CallTimes()
+    rows = await embed_rows(request, served, texts, key, times)
+    matrix = dense_matrix(rows, None, True)
+    return respond(request, Answer((matrix[1:] @ matrix[0]).astype(np.float32), served, characters(texts), rows,
+                                   times))
 
 
 def _handle(ctx: Any, name: str | None) -> Any:

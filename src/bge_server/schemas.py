@@ -117,6 +117,12 @@ class DecodeRequest(_Body):
     model: str | None = None
 
 
+class VertexRequest(_Body):
+    """TEI ``POST /vertex`` (Vertex AI's prediction shape): each instance is the body of another route."""
+
+    instances: list[Any]
+
+
 class OpenAIEmbeddingRequest(_Body):
     """OpenAI ``POST /v1/embeddings``."""
 

@@ -4,6 +4,7 @@ batchers, and turning engine outputs into wire values."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bge_core import BgeCoreError
+from bge_server.batcher import CallTimes
 from bge_server.config import ServerConfig
 from bge_server.errors import ApiError
 from bge_server.metrics import Metrics
-from bge_server.models import EmbedKey, EmbedRows, ModelSet, ServedEmbedder, ServedReranker
+from bge_server.models import Columns, EmbedKey, EmbedRows, ModelSet, ScoreRows, ServedEmbedder, ServedReranker
 
 try:  # several times faster for large float arrays; the standard library otherwise
     import orjson
@@ -24,6 +26,8 @@ except ImportError:  # pragma: no cover - orjson comes with most FastAPI install
 
 #: TEI's prompt names mapped onto the model's query / passage instruction.
 PROMPTS = {"query": "query", "document": "document", "passage": "document", "corpus": "document"}
+#: Where the `Gate` notes in a request's ASGI scope when the request came in (``perf_counter``).
+STARTED = "bge.started"
 
 
 @dataclass
@@ -72,25 +76,88 @@ def prompt_of(name: str | None) -> str | None:
     return PROMPTS[name]
 
 
-async def embed_rows(request: Request, served: ServedEmbedder, texts: list[str], key: EmbedKey) -> EmbedRows:
-    """Rows of `texts` from the model's batcher; core's input errors become 422, its failures 424."""
+async def embed_rows(request: Request, served: ServedEmbedder, texts: list[str], key: EmbedKey,
+                     times: CallTimes | None = None) -> EmbedRows:
+    """Rows of `texts` from the model's batcher (`times` gets where they spent their time); core's input
+    errors become 422, its failures 424."""
+    return await _submitted(request, served, key, texts, times)
+
+
+async def scored_pairs(request: Request, served: ServedReranker, pairs: list[tuple[str, str]], *, sigmoid: bool,
+                       truncate: bool, times: CallTimes | None = None) -> ScoreRows:
+    """Scores of (query, text) pairs from the reranker's batcher, as `embed_rows`."""
+    return await _submitted(request, served, (sigmoid, truncate), pairs, times)
+
+
+async def _submitted(request: Request, served: ServedEmbedder | ServedReranker, key: Any, items: list[Any],
+                     times: CallTimes | None) -> Any:
     try:
-        return await served.batcher.submit(key, texts, request)
+        return await served.batcher.submit(key, items, request, times)
     except (ValueError, TypeError) as error:
         raise ApiError("Validation", str(error)) from None
     except BgeCoreError as error:
         raise ApiError("Backend", str(error)) from None
 
 
-async def pair_scores(request: Request, served: ServedReranker, query: str, texts: list[str], *, sigmoid: bool,
-                      truncate: bool) -> list[float]:
-    """Scores of (query, text) pairs from the reranker's batcher."""
-    try:
-        return await served.batcher.submit((sigmoid, truncate), [(query, t) for t in texts], request)
-    except (ValueError, TypeError) as error:
-        raise ApiError("Validation", str(error)) from None
-    except BgeCoreError as error:
-        raise ApiError("Backend", str(error)) from None
+@dataclass
+class Answer:
+    """An inference route's result before it is written: its JSON value, and what TEI's headers report of it."""
+
+    value: Any
+    served: ServedEmbedder | ServedReranker
+    characters: int
+    rows: Columns
+    times: CallTimes
+
+
+def respond(request: Request, answer: Answer) -> Response:
+    """The answer as JSON with TEI's timing headers (`compute_headers`).
+
+    Example:
+        >>> respond(request, Answer([[0.1, 0.2]], served, 5, rows, CallTimes())).headers["x-compute-characters"]
+        '5'
+    """
+    return FastJSON(answer.value, headers=compute_headers(request, answer.served, answer.characters, answer.rows,
+                                                          answer.times))
+
+
+def compute_headers(request: Request, served: ServedEmbedder | ServedReranker, characters: int, rows: Columns,
+                    times: CallTimes) -> dict[str, str]:
+    """TEI's response headers of an inference request, whole milliseconds as TEI sends them: `x-compute-time`
+    and `x-total-time` (since the request came in), `x-compute-characters` and `x-compute-tokens` (of every
+    input, the tokens as the engine ran them), and per input on average `x-tokenization-time` (its engine
+    call's, until the call's first inputs were tokenized), `x-queue-time` (waiting for an engine call) and
+    `x-inference-time` (the rest of the call).
+
+    Example:
+        >>> compute_headers(request, served, 11, rows, CallTimes(0.0004, 0.0021))["x-compute-tokens"]
+        '4'
+    """
+    now = time.perf_counter()
+    total = now - request.scope.get(STARTED, now)
+    tokens = 0 if rows.tokens is None else int(sum(rows.tokens))
+    tokenizing = float(np.mean(rows.tokenization_s)) if rows.tokenization_s is not None and len(rows) else 0.0
+    handle = served.embedder if served.kind == "embedding" else served.reranker
+    device = "gpu" if "cuda" in str(handle.device) else "cpu"
+    return {
+        "x-compute-type": f"{device}+optimized",
+        "x-compute-time": _ms(total),
+        "x-compute-characters": str(characters),
+        "x-compute-tokens": str(tokens),
+        "x-total-time": _ms(total),
+        "x-tokenization-time": _ms(tokenizing),
+        "x-queue-time": _ms(times.queue_s),
+        "x-inference-time": _ms(max(times.call_s - tokenizing, 0.0)),
+    }
+
+
+def _ms(seconds: float) -> str:
+    return str(int(seconds * 1000))
+
+
+def characters(texts: list[str]) -> int:
+    """Characters of `texts` (TEI's x-compute-characters counts Unicode characters)."""
+    return sum(map(len, texts))
 
 
 def dense_matrix(rows: EmbedRows, dimensions: int | None, normalize: bool) -> np.ndarray:

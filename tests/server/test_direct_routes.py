@@ -16,7 +16,7 @@ from bge_server.app import ServerApp
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 HOT = {"/embed", "/embed_all", "/embed_sparse", "/embed_m3", "/rerank", "/predict", "/similarity", "/tokenize",
-       "/decode", "/", "/invocations", "/v1/embeddings", "/embeddings", "/v1/rerank", "/v2/rerank"}
+       "/decode", "/", "/invocations", "/v1/embeddings", "/embeddings", "/v1/rerank", "/v2/rerank", "/vertex"}
 
 #: (path, JSON body or raw bytes): answers, client errors of each kind, and both API shapes.
 REQUESTS: list[tuple[str, Any]] = [
@@ -58,6 +58,10 @@ REQUESTS: list[tuple[str, Any]] = [
     ("/embeddings", {"input": [], "model": "bge-m3"}),
     ("/v1/embeddings", {"input": "x", "encoding_format": "hex"}),
     ("/v1/embeddings", b"{oops"),
+    ("/vertex", {"instances": [{"inputs": "embed me"}, {"query": "q", "texts": ["a", "b"]}]}),
+    ("/vertex", {"instances": [{"inputs": "ok"}, {"inputs": []}]}),
+    ("/vertex", {"instances": [{"inputs": "x", "normalize": "maybe"}]}),
+    ("/vertex", {"instances": "not a list"}),
 ]
 
 

@@ -196,3 +196,84 @@ def test_a_request_bigger_than_one_engine_call_is_split_not_refused(server: Serv
     assert_close(got, dense.encode(texts[:1024]).dense)
     over = httpx.post(server.url + "/embed", json={"inputs": texts, "model": "bge-small"}, timeout=60)
     assert over.status_code == 422 and "maximum allowed batch size 1024" in over.json()["error"]
+
+
+def test_vertex_answers_each_instance_as_its_route(server: Server, dense: Embedder, reranker: Reranker) -> None:
+    """TEI's /vertex: a body with query and texts is a rerank, any other an embed (here: models are served
+    for both); the predictions are those routes' own answers, in order."""
+    instances = [{"inputs": TEXTS[:2]}, {"query": QUERY, "texts": TEXTS[:3]},
+                 {"inputs": TEXTS[2], "model": "bge-small", "prompt_name": "query"}]
+    got = post(server, "/vertex", {"instances": instances}).json()
+    assert set(got) == {"predictions"} and len(got["predictions"]) == 3
+    embedded, ranked, queried = got["predictions"]
+    assert_close(embedded, np.asarray(post(server, "/embed", instances[0]).json()))
+    assert [r["index"] for r in ranked] == [r["index"] for r in post(server, "/rerank", instances[1]).json()]
+    expected = reranker.score([(QUERY, t) for t in TEXTS[:3]], normalize=True)
+    assert all(abs(r["score"] - float(expected[r["index"]])) <= 1e-5 for r in ranked)
+    assert_close(queried, dense.encode_queries([TEXTS[2]]).dense)
+    assert post(server, "/vertex", {"instances": []}).json() == {"predictions": []}
+
+
+def test_vertex_refuses_a_bad_instance_by_its_index(server: Server) -> None:
+    bad = httpx.post(server.url + "/vertex", json={"instances": [{"inputs": "fine"}, {"inputs": "x", "normalize": 3}]},
+                     timeout=60)
+    assert bad.status_code == 422 and "instances[1]" in bad.json()["error"]
+    empty = httpx.post(server.url + "/vertex", json={"instances": [{"inputs": "fine"}, {"inputs": []}]}, timeout=60)
+    assert empty.status_code == 400 and empty.json()["error_type"] == "Empty"
+    assert post(server, "/vertex", {"instances": [{"inputs": "still serving"}]}).json()["predictions"]
+
+
+def test_vertex_on_a_reranker_server_predicts(cross_encoder_path: str, reranker: Reranker) -> None:
+    from tests.server.conftest import start_server
+
+    running = start_server("--reranker", cross_encoder_path)
+    try:
+        got = post(running, "/vertex", {"instances": [{"inputs": [QUERY, TEXTS[1]]}]}).json()
+        assert abs(got["predictions"][0][0]["score"] - float(reranker.score((QUERY, TEXTS[1]), normalize=True)[0])) \
+            <= 1e-5
+    finally:
+        assert running.stop() == 0, running.log()
+
+
+TIMES = ("x-compute-time", "x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
+
+
+def timing(response: httpx.Response) -> dict[str, int]:
+    headers = {name: int(response.headers[name]) for name in TIMES}
+    assert all(value >= 0 for value in headers.values())
+    assert headers["x-compute-time"] == headers["x-total-time"] >= max(
+        headers["x-queue-time"], headers["x-inference-time"], headers["x-tokenization-time"])
+    return headers
+
+
+def test_tei_headers_count_characters_and_the_engines_tokens(server: Server, m3: Embedder,
+                                                             reranker: Reranker) -> None:
+    texts = [f"{t} #{i}" for i, t in enumerate(TEXTS * 6)]
+    response = post(server, "/embed", {"inputs": texts})
+    assert response.headers["x-compute-type"] == "cpu+optimized"
+    assert int(response.headers["x-compute-characters"]) == sum(len(t) for t in texts)
+    assert int(response.headers["x-compute-tokens"]) == sum(m3.count_tokens(texts, max_length=m3.max_length))
+    assert timing(response)["x-inference-time"] >= 1  # dozens of texts through a CPU forward
+    ranked = post(server, "/rerank", {"query": QUERY, "texts": TEXTS})
+    assert int(ranked.headers["x-compute-characters"]) == len(QUERY) * len(TEXTS) + sum(len(t) for t in TEXTS)
+    tokens = [0] * len(TEXTS)
+
+    def told(indices: list[int], counts: list[int]) -> None:
+        for i, c in zip(indices, counts, strict=True):
+            tokens[i] = c
+
+    reranker.score([(QUERY, t) for t in TEXTS], on_tokens=told)
+    assert int(ranked.headers["x-compute-tokens"]) == sum(tokens)
+    timing(ranked)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/embed_sparse", {"inputs": ["a"]}), ("/embed_all", {"inputs": ["a"]}), ("/embed_m3", {"inputs": ["a"]}),
+    ("/predict", {"inputs": ["q", "a"]}), ("/similarity", {"inputs": {"source_sentence": "s", "sentences": ["a"]}}),
+    ("/v1/embeddings", {"input": "a"}), ("/v1/rerank", {"query": "q", "documents": ["a"]}), ("/", {"inputs": "a"}),
+])
+def test_every_inference_route_sends_the_tei_headers(server: Server, path: str, body: dict) -> None:
+    response = post(server, path, body)
+    timing(response)
+    assert int(response.headers["x-compute-tokens"]) > 0 and int(response.headers["x-compute-characters"]) > 0
+    assert "x-compute-tokens" not in post(server, "/tokenize", {"inputs": "a"}).headers
