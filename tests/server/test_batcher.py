@@ -13,7 +13,7 @@ import pytest
 from starlette.requests import Request
 
 from bge_server import batcher as batcher_module
-from bge_server.batcher import WATCH_AFTER_S, ClientGone, MicroBatcher
+from bge_server.batcher import WATCH_AFTER_S, CallTimes, ClientGone, MicroBatcher
 from bge_server.config import REJOIN_WAIT_ENV, ServerConfig
 
 
@@ -85,6 +85,22 @@ async def test_requests_waiting_together_share_one_call() -> None:
         assert await first == ["k:busy"]
         assert [await r for r in rest] == [[f"k:q{i}"] for i in range(8)]
         assert engine.calls == [["busy"], [f"q{i}" for i in range(8)]]
+
+
+async def test_times_tell_a_requests_wait_and_its_call() -> None:
+    """A request queued behind a held call reports that wait as queue time, and its own call as call time."""
+    async with running(max_items=4) as (engine, batcher):
+        first = await hold(engine, batcher)
+        times = CallTimes()
+        waiting = asyncio.ensure_future(batcher.submit("k", ["a", "b"], times=times))
+        await asyncio.sleep(0.2)
+        engine.release.set()
+        await first
+        assert await waiting == ["k:a", "k:b"]
+        assert 0.15 <= times.queue_s < 5 and 0 <= times.call_s < 0.15
+        split = CallTimes()  # three jobs of one request: input-weighted means
+        assert await batcher.submit("k", list("abcdefghij"), times=split) == [f"k:{c}" for c in "abcdefghij"]
+        assert 0 <= split.queue_s < 0.15 and 0 <= split.call_s < 0.15
 
 
 @pytest.mark.parametrize("size", [1, 6])  # one job, or a request split into two
