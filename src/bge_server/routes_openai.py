@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
@@ -26,7 +27,7 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     texts, _ = text_inputs(body.input, "input", limit=ctx.config.max_client_batch_size)
     times = CallTimes()
     rows = await embed_rows(request, served, texts, EmbedKey(None, True, ctx.config.auto_truncate), times)
-    tokens = int(sum(rows.tokens))  # as the engine ran them: no second tokenization
+    tokens = int(np.sum(rows.tokens))  # as the engine ran them: no second tokenization
     matrix = dense_matrix(rows, body.dimensions, True)
     if body.encoding_format == "base64":
         little = matrix.astype("<f4", copy=False)

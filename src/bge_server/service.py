@@ -135,7 +135,7 @@ def compute_headers(request: Request, served: ServedEmbedder | ServedReranker, c
     """
     now = time.perf_counter()
     total = now - request.scope.get(STARTED, now)
-    tokens = 0 if rows.tokens is None else int(sum(rows.tokens))
+    tokens = 0 if rows.tokens is None else int(np.sum(rows.tokens))
     tokenizing = float(np.mean(rows.tokenization_s)) if rows.tokenization_s is not None and len(rows) else 0.0
     handle = served.embedder if served.kind == "embedding" else served.reranker
     device = "gpu" if "cuda" in str(handle.device) else "cpu"
