@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from starlette.requests import Request
 
 from bge_server.errors import ApiError
@@ -232,8 +233,6 @@ class MicroBatcher:
             started = time.perf_counter()
             items = [item for job in batch for item in job.items]
             if self._metrics is not None:
-                for job in batch:
-                    self._metrics.queue_duration.observe(started - job.queued_at)
                 self._metrics.batch_size.observe(len(items))
             for job in batch:
                 job.started = started
@@ -248,9 +247,10 @@ class MicroBatcher:
                     if not job.future.done():
                         job.future.set_result(results[position : position + len(job.items)])
                     position += len(job.items)
+                tokens = getattr(results, "tokens", None)  # the engine's count, where the results carry it
+                if self._metrics is not None and tokens is not None:
+                    self._metrics.batch_tokens.observe(int(np.sum(tokens)))
             ended = time.perf_counter()
-            if self._metrics is not None:
-                self._metrics.inference_duration.observe(ended - started)
             if self.rejoin_wait:
                 rejoin = rejoin_hold(self.rejoin_wait, self.queued, len(items), self.max_items, started, ended)
 

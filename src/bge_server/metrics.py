@@ -14,6 +14,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 _SECONDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKENS = tuple(2**i for i in range(14))  # 1 … 8,192: TEI's powers of two up to the longest input
+_BATCH_TOKENS = tuple(2**i for i in range(21))  # TEI's buckets for tokens per batch
 
 
 class Metrics:
@@ -34,13 +36,19 @@ class Metrics:
         self.request_failure = Counter("te_request_failure", "Requests refused or failed", ["err"], registry=r)
         self.request_duration = Histogram("te_request_duration", "Request time, seconds", buckets=_SECONDS,
                                           registry=r)
-        self.queue_duration = Histogram("te_request_queue_duration", "Time a job waited for its batch, seconds",
+        # Per request, as TEI records them: the mean over its inputs (the values of its x-*-time headers).
+        self.tokenization_duration = Histogram("te_request_tokenization_duration",
+                                               "Tokenizing in the engine call, seconds", buckets=_SECONDS, registry=r)
+        self.queue_duration = Histogram("te_request_queue_duration", "Waiting for an engine call, seconds",
                                         buckets=_SECONDS, registry=r)
-        self.inference_duration = Histogram("te_request_inference_duration", "Engine call time, seconds",
-                                            buckets=_SECONDS, registry=r)
-        self.input_count = Histogram("te_request_input_length", "Inputs per request", buckets=_SIZES, registry=r)
+        self.inference_duration = Histogram("te_request_inference_duration",
+                                            "Engine call after tokenizing, seconds", buckets=_SECONDS, registry=r)
+        self.input_length = Histogram("te_request_input_length", "Tokens of each input", buckets=_TOKENS,
+                                      registry=r)
         self.batch_size = Histogram("te_batch_next_size", "Inputs per merged engine call", buckets=_SIZES,
                                     registry=r)
+        self.batch_tokens = Histogram("te_batch_next_tokens", "Tokens per merged engine call",
+                                      buckets=_BATCH_TOKENS, registry=r)
         self.queue_size = Gauge("te_queue_size", "Inputs waiting for an engine call", ["model"], registry=r,
                                 multiprocess_mode="livesum")
         self.in_flight = Gauge("bge_requests_in_flight", "Requests being served", registry=r,

@@ -1,4 +1,4 @@
-"""TEI's routes with TEI's request and response shapes (and its timing headers, `compute_headers`), plus
+"""TEI's routes with TEI's request and response shapes (and its response headers, `service.record`), plus
 ``/embed_m3`` (dense + sparse + ColBERT)."""
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from bge_server.service import (
     dense_matrix,
     embed_rows,
     prompt_of,
+    record,
     require_m3,
     respond,
     scored_pairs,
@@ -108,6 +109,8 @@ async def vertex(body: VertexRequest, request: Request) -> Response:
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
         raise failed
+    for answer in results:  # each instance counts in TEI's request metrics, as its own route would count it
+        record(request, answer)
     return FastJSON({"predictions": [answer.value for answer in results]})
 
 

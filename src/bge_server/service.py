@@ -111,43 +111,51 @@ class Answer:
 
 
 def respond(request: Request, answer: Answer) -> Response:
-    """The answer as JSON with TEI's timing headers (`compute_headers`).
+    """The answer as JSON with TEI's response headers; its figures go to TEI's request metrics (`record`).
 
     Example:
         >>> respond(request, Answer([[0.1, 0.2]], served, 5, rows, CallTimes())).headers["x-compute-characters"]
         '5'
     """
-    return FastJSON(answer.value, headers=compute_headers(request, answer.served, answer.characters, answer.rows,
-                                                          answer.times))
+    return FastJSON(answer.value, headers=record(request, answer))
 
 
-def compute_headers(request: Request, served: ServedEmbedder | ServedReranker, characters: int, rows: Columns,
-                    times: CallTimes) -> dict[str, str]:
-    """TEI's response headers of an inference request, whole milliseconds as TEI sends them: `x-compute-time`
-    and `x-total-time` (since the request came in), `x-compute-characters` and `x-compute-tokens` (of every
-    input, the tokens as the engine ran them), and per input on average `x-tokenization-time` (its engine
-    call's, until the call's first inputs were tokenized), `x-queue-time` (waiting for an engine call) and
-    `x-inference-time` (the rest of the call).
+def record(request: Request, answer: Answer) -> dict[str, str]:
+    """TEI's response headers of an answered inference request, after its figures went to TEI's metrics: each
+    input's tokens to ``te_request_input_length``; the request's per-input times to
+    ``te_request_{tokenization,queue,inference}_duration``.
+
+    The headers, whole milliseconds as TEI sends them: `x-compute-time` and `x-total-time` (since the request
+    came in), `x-compute-characters` and `x-compute-tokens` (of every input, the tokens as the engine ran them),
+    and per input on average `x-tokenization-time` (its engine call's, until the call's first inputs were
+    tokenized), `x-queue-time` (waiting for an engine call) and `x-inference-time` (the rest of the call).
 
     Example:
-        >>> compute_headers(request, served, 11, rows, CallTimes(0.0004, 0.0021))["x-compute-tokens"]
+        >>> record(request, Answer(value, served, 11, rows, CallTimes(0.0004, 0.0021)))["x-compute-tokens"]
         '4'
     """
+    rows, times = answer.rows, answer.times
     now = time.perf_counter()
     total = now - request.scope.get(STARTED, now)
-    tokens = 0 if rows.tokens is None else int(np.sum(rows.tokens))
     tokenizing = float(np.mean(rows.tokenization_s)) if rows.tokenization_s is not None and len(rows) else 0.0
-    handle = served.embedder if served.kind == "embedding" else served.reranker
-    device = "gpu" if "cuda" in str(handle.device) else "cpu"
+    inference = max(times.call_s - tokenizing, 0.0)
+    metrics = context(request).metrics
+    if rows.tokens is not None:
+        for count in np.asarray(rows.tokens).tolist():
+            metrics.input_length.observe(count)
+    metrics.tokenization_duration.observe(tokenizing)
+    metrics.queue_duration.observe(times.queue_s)
+    metrics.inference_duration.observe(inference)
+    handle = answer.served.embedder if answer.served.kind == "embedding" else answer.served.reranker
     return {
-        "x-compute-type": f"{device}+optimized",
+        "x-compute-type": f"{'gpu' if 'cuda' in str(handle.device) else 'cpu'}+optimized",
         "x-compute-time": _ms(total),
-        "x-compute-characters": str(characters),
-        "x-compute-tokens": str(tokens),
+        "x-compute-characters": str(answer.characters),
+        "x-compute-tokens": str(0 if rows.tokens is None else int(np.sum(rows.tokens))),
         "x-total-time": _ms(total),
         "x-tokenization-time": _ms(tokenizing),
         "x-queue-time": _ms(times.queue_s),
-        "x-inference-time": _ms(max(times.call_s - tokenizing, 0.0)),
+        "x-inference-time": _ms(inference),
     }
 
 

@@ -277,3 +277,26 @@ def test_every_inference_route_sends_the_tei_headers(server: Server, path: str, 
     timing(response)
     assert int(response.headers["x-compute-tokens"]) > 0 and int(response.headers["x-compute-characters"]) > 0
     assert "x-compute-tokens" not in post(server, "/tokenize", {"inputs": "a"}).headers
+
+
+def scraped(server: Server) -> dict[str, float]:
+    """The server's /metrics samples, by name (labels included in the name)."""
+    text = httpx.get(server.url + "/metrics").text
+    return {name: float(value) for name, value in re.findall(r"^(\S+) (\S+)$", text, re.MULTILINE)}
+
+
+def test_tei_metrics_count_tokens_per_input_and_times_per_request(server: Server, m3: Embedder) -> None:
+    texts = [f"{t} (metrics)" for t in TEXTS[:5]]
+    before = scraped(server)
+    post(server, "/embed", {"inputs": texts})
+    after = scraped(server)
+
+    def grew(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    tokens = sum(m3.count_tokens(texts, max_length=m3.max_length))
+    assert grew("te_request_input_length_count") == 5 and grew("te_request_input_length_sum") == tokens
+    assert grew("te_batch_next_tokens_sum") == tokens and grew("te_batch_next_size_sum") == 5
+    for name in ("tokenization", "queue", "inference"):
+        assert grew(f"te_request_{name}_duration_count") == 1, name
+    assert grew("te_request_inference_duration_sum") > 0
