@@ -56,6 +56,12 @@ async def embed(body: EmbedRequest, request: Request) -> Response:
 
 
 async def embed_answer(body: EmbedRequest, request: Request) -> Answer:
+    """/embed's answer before it is written (also each /vertex embed instance's).
+
+    Example:
+        >>> (await embed_answer(EmbedRequest(inputs=["a query"]), request)).value.shape
+        (1, 1024)
+    """
     ctx = context(request)
     served = ctx.models.embedding(body.model)
     texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
@@ -186,6 +192,12 @@ async def predict(body: PredictRequest, request: Request) -> Response:
 
 
 async def predict_answer(body: PredictRequest, request: Request) -> Answer:
+    """/predict's answer before it is written (also each /vertex instance's on a reranker-only server).
+
+    Example:
+        >>> (await predict_answer(PredictRequest(inputs=["q", "a passage"]), request)).value
+        [{'score': 0.73, 'label': 'LABEL_0'}]
+    """
     ctx = context(request)
     served = ctx.models.reranker(body.model)
     check_direction(body.truncation_direction)

@@ -79,13 +79,24 @@ def prompt_of(name: str | None) -> str | None:
 async def embed_rows(request: Request, served: ServedEmbedder, texts: list[str], key: EmbedKey,
                      times: CallTimes | None = None) -> EmbedRows:
     """Rows of `texts` from the model's batcher (`times` gets where they spent their time); core's input
-    errors become 422, its failures 424."""
+    errors become 422, its failures 424.
+
+    Example:
+        >>> rows = await embed_rows(request, served, ["a query"], EmbedKey(None, True, True), CallTimes())
+        >>> rows.dense.shape, rows.tokens.tolist()
+        ((1, 1024), [5])
+    """
     return await _submitted(request, served, key, texts, times)
 
 
 async def scored_pairs(request: Request, served: ServedReranker, pairs: list[tuple[str, str]], *, sigmoid: bool,
                        truncate: bool, times: CallTimes | None = None) -> ScoreRows:
-    """Scores of (query, text) pairs from the reranker's batcher, as `embed_rows`."""
+    """Scores of (query, text) pairs from the reranker's batcher, as `embed_rows`.
+
+    Example:
+        >>> (await scored_pairs(request, served, [("q", "a passage")], sigmoid=True, truncate=True)).scores
+        [0.73]
+    """
     return await _submitted(request, served, (sigmoid, truncate), pairs, times)
 
 
@@ -164,7 +175,12 @@ def _ms(seconds: float) -> str:
 
 
 def characters(texts: list[str]) -> int:
-    """Characters of `texts` (TEI's x-compute-characters counts Unicode characters)."""
+    """Characters of `texts` (TEI's x-compute-characters counts Unicode characters).
+
+    Example:
+        >>> characters(["大熊猫", "ab"])
+        5
+    """
     return sum(map(len, texts))
 
 
