@@ -152,7 +152,7 @@ def record(request: Request, answer: Answer) -> dict[str, str]:
     inference = max(times.call_s - tokenizing, 0.0)
     metrics = context(request).metrics
     if rows.tokens is not None:
-        for count in np.asarray(rows.tokens).tolist():
+        for count in rows.tokens:
             metrics.input_length.observe(count)
     metrics.tokenization_duration.observe(tokenizing)
     metrics.queue_duration.observe(times.queue_s)

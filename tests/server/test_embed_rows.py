@@ -80,11 +80,11 @@ def test_a_split_request_gets_its_rows_back_in_order_through_the_batcher() -> No
 
 
 def test_score_rows_slice_and_join_every_column() -> None:
-    rows = ScoreRows(5, [0.5, 0.1, 0.9, 0.3, 0.7], np.arange(10, 15), np.full(5, 0.002))
+    rows = ScoreRows(5, [0.5, 0.1, 0.9, 0.3, 0.7], list(range(10, 15)), [0.002] * 5)
     parts = [rows[:2], rows[2:2], rows[2:]]
-    assert parts[2].scores == [0.9, 0.3, 0.7] and parts[2].tokens.tolist() == [12, 13, 14]
+    assert parts[2].scores == [0.9, 0.3, 0.7] and parts[2].tokens == [12, 13, 14]
     joined = ScoreRows.join(parts)
-    assert joined.scores == rows.scores and joined.tokens.tolist() == rows.tokens.tolist()
-    assert joined.tokenization_s.shape == (5,) and ScoreRows.join([rows[:1], rows[1:]]).count == 5
+    assert joined.scores == rows.scores and joined.tokens == rows.tokens
+    assert joined.tokenization_s == [0.002] * 5 and ScoreRows.join([rows[:1], rows[1:]]).count == 5
     with pytest.raises(TypeError, match="ScoreRows are sliced in order"):
         rows[1]
