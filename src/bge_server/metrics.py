@@ -34,6 +34,11 @@ class Metrics:
         self.request_count = Counter("te_request_count", "Inference requests received", ["method"], registry=r)
         self.request_success = Counter("te_request_success", "Inference requests answered", ["method"], registry=r)
         self.request_failure = Counter("te_request_failure", "Requests refused or failed", ["err"], registry=r)
+        # Per input, as TEI counts them: every input sent to a model, and every input answered.
+        self.embed_count = Counter("te_embed_count", "Inputs sent to an embedding model", registry=r)
+        self.embed_success = Counter("te_embed_success", "Inputs an embedding model answered", registry=r)
+        self.predict_count = Counter("te_predict_count", "Pairs sent to a reranker", registry=r)
+        self.predict_success = Counter("te_predict_success", "Pairs a reranker answered", registry=r)
         self.request_duration = Histogram("te_request_duration", "Request time, seconds", buckets=_SECONDS,
                                           registry=r)
         # Per request, as TEI records them: the mean over its inputs (the values of its x-*-time headers).

@@ -102,6 +102,8 @@ async def scored_pairs(request: Request, served: ServedReranker, pairs: list[tup
 
 async def _submitted(request: Request, served: ServedEmbedder | ServedReranker, key: Any, items: list[Any],
                      times: CallTimes | None) -> Any:
+    metrics = context(request).metrics
+    (metrics.embed_count if served.kind == "embedding" else metrics.predict_count).inc(len(items))
     try:
         return await served.batcher.submit(key, items, request, times)
     except (ValueError, TypeError) as error:
@@ -132,9 +134,9 @@ def respond(request: Request, answer: Answer) -> Response:
 
 
 def record(request: Request, answer: Answer) -> dict[str, str]:
-    """TEI's response headers of an answered inference request, after its figures went to TEI's metrics: each
-    input's tokens to ``te_request_input_length``; the request's per-input times to
-    ``te_request_{tokenization,queue,inference}_duration``.
+    """TEI's response headers of an answered inference request, after its figures went to TEI's metrics: its
+    inputs to ``te_embed_success`` / ``te_predict_success``, each input's tokens to ``te_request_input_length``,
+    the request's per-input times to ``te_request_{tokenization,queue,inference}_duration``.
 
     The headers, whole milliseconds as TEI sends them: `x-compute-time` and `x-total-time` (since the request
     came in), `x-compute-characters` and `x-compute-tokens` (of every input, the tokens as the engine ran them),
@@ -151,6 +153,7 @@ def record(request: Request, answer: Answer) -> dict[str, str]:
     tokenizing = float(np.mean(rows.tokenization_s)) if rows.tokenization_s is not None and len(rows) else 0.0
     inference = max(times.call_s - tokenizing, 0.0)
     metrics = context(request).metrics
+    (metrics.embed_success if answer.served.kind == "embedding" else metrics.predict_success).inc(len(rows))
     if rows.tokens is not None:
         for count in rows.tokens:
             metrics.input_length.observe(count)

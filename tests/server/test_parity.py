@@ -300,3 +300,14 @@ def test_tei_metrics_count_tokens_per_input_and_times_per_request(server: Server
     for name in ("tokenization", "queue", "inference"):
         assert grew(f"te_request_{name}_duration_count") == 1, name
     assert grew("te_request_inference_duration_sum") > 0
+    assert grew("te_embed_count_total") == grew("te_embed_success_total") == 5
+    before = scraped(server)
+    post(server, "/rerank", {"query": QUERY, "texts": texts[:3]})
+    httpx.post(server.url + "/rerank", json={"query": QUERY, "texts": ["ok", 3]}, timeout=60)  # refused: not sent
+    after = scraped(server)
+    assert grew("te_predict_count_total") == grew("te_predict_success_total") == 3
+    before = scraped(server)
+    too_long = httpx.post(server.url + "/embed", json={"inputs": ["word " * 9000], "truncate": False}, timeout=60)
+    assert too_long.status_code == 422
+    after = scraped(server)
+    assert grew("te_embed_count_total") == 1 and grew("te_embed_success_total") == 0
