@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from starlette.requests import Request
 
 from bge_server.errors import ApiError
@@ -249,7 +248,7 @@ class MicroBatcher:
                     position += len(job.items)
                 tokens = getattr(results, "tokens", None)  # the engine's count, where the results carry it
                 if self._metrics is not None and tokens is not None:
-                    self._metrics.batch_tokens.observe(int(np.sum(tokens)))
+                    self._metrics.batch_tokens.observe(sum(tokens))
             ended = time.perf_counter()
             if self.rejoin_wait:
                 rejoin = rejoin_hold(self.rejoin_wait, self.queued, len(items), self.max_items, started, ended)

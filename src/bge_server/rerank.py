@@ -10,10 +10,9 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
-from bge_server.batcher import CallTimes
 from bge_server.errors import ApiError
 from bge_server.schemas import RerankRequest, check_direction, text_inputs
-from bge_server.service import Answer, characters, context, respond, scored_pairs, truncate_of
+from bge_server.service import Answer, context, respond, scored, truncate_of
 
 
 def _documents(value: Any) -> Any:
@@ -43,22 +42,20 @@ async def rerank_answer(body: RerankRequest, request: Request, *, cohere: bool) 
     raw = _documents(body.documents) if cohere else body.texts
     texts, _ = text_inputs(raw, field, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
-    times = CallTimes()
-    rows = await scored_pairs(request, served, [(body.query, t) for t in texts], sigmoid=not body.raw_scores,
-                              truncate=truncate_of(ctx, body.truncate), times=times)
-    scores = rows.scores
+    got = await scored(request, served, [(body.query, t) for t in texts], sigmoid=not body.raw_scores,
+                       truncate=truncate_of(ctx, body.truncate))
+    scores = got.rows.scores
     if any(s != s for s in scores):  # NaN: TEI reports it as a backend error
         raise ApiError("Backend", "the model returned NaN scores")
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable").tolist()
-    chars = len(body.query) * len(texts) + characters(texts)  # TEI counts the query once per pair
     if not cohere:
         value: Any = [{"index": i, "score": scores[i], **({"text": texts[i]} if body.return_text else {})}
                       for i in order]
-        return Answer(value, served, chars, rows, times)
+        return Answer(value, got)
     if body.top_n is not None:
         order = order[: body.top_n]
     results = [{"index": i, "relevance_score": scores[i]} for i in order]
     if body.return_documents:
         for result in results:
             result["document"] = {"text": texts[result["index"]]}
-    return Answer({"id": str(uuid.uuid4()), "results": results, "model": served.name}, served, chars, rows, times)
+    return Answer({"id": str(uuid.uuid4()), "results": results, "model": served.name}, got)

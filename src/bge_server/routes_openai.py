@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import base64
 
-import numpy as np
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from bge_server.batcher import CallTimes
 from bge_server.models import EmbedKey
 from bge_server.rerank import rerank_response
 from bge_server.schemas import OpenAIEmbeddingRequest, RerankRequest, text_inputs
-from bge_server.service import Answer, FastJSON, characters, context, dense_matrix, embed_rows, respond
+from bge_server.service import Answer, FastJSON, context, dense_matrix, embedded, respond
 
 router = APIRouter()
 
@@ -25,10 +23,9 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     ctx = context(request)
     served = ctx.models.embedding(body.model)
     texts, _ = text_inputs(body.input, "input", limit=ctx.config.max_client_batch_size)
-    times = CallTimes()
-    rows = await embed_rows(request, served, texts, EmbedKey(None, True, ctx.config.auto_truncate), times)
-    tokens = int(np.sum(rows.tokens))  # as the engine ran them: no second tokenization
-    matrix = dense_matrix(rows, body.dimensions, True)
+    got = await embedded(request, served, texts, EmbedKey(None, True, ctx.config.auto_truncate))
+    tokens = sum(got.rows.tokens)  # as the engine ran them: no second tokenization
+    matrix = dense_matrix(got.rows, body.dimensions, True)
     if body.encoding_format == "base64":
         little = matrix.astype("<f4", copy=False)
         vectors: list = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
@@ -37,7 +34,7 @@ async def embeddings(body: OpenAIEmbeddingRequest, request: Request) -> Response
     data = [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)]
     body_out = {"object": "list", "data": data, "model": served.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-    return respond(request, Answer(body_out, served, characters(texts), rows, times))
+    return respond(request, Answer(body_out, got))
 
 
 @router.post("/v1/rerank")

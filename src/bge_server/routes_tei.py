@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -13,10 +14,9 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from bge_server.batcher import CallTimes
 from bge_server.errors import ApiError
 from bge_server.models import EmbedKey
-from bge_server.rerank import rerank_answer
+from bge_server.rerank import rerank_answer, rerank_response
 from bge_server.schemas import (
     DecodeRequest,
     EmbedRequest,
@@ -33,15 +33,14 @@ from bge_server.schemas import (
 from bge_server.service import (
     Answer,
     FastJSON,
-    characters,
     context,
     dense_matrix,
-    embed_rows,
+    embedded,
     prompt_of,
     record,
     require_m3,
     respond,
-    scored_pairs,
+    scored,
     sparse_items,
     truncate_of,
 )
@@ -67,9 +66,8 @@ async def embed_answer(body: EmbedRequest, request: Request) -> Answer:
     texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), body.normalize, truncate_of(ctx, body.truncate))
-    times = CallTimes()
-    rows = await embed_rows(request, served, texts, key, times)
-    return Answer(dense_matrix(rows, body.dimensions, body.normalize), served, characters(texts), rows, times)
+    got = await embedded(request, served, texts, key)
+    return Answer(dense_matrix(got.rows, body.dimensions, body.normalize), got)
 
 
 @router.post("/")
@@ -96,6 +94,8 @@ async def vertex(body: VertexRequest, request: Request) -> Response:
     (the one its ``model`` names, else the first), else a /predict body. Instances run concurrently, so
     they share engine calls; the first failing instance decides the error."""
     ctx = context(request)
+    answer_of = {RerankRequest: partial(rerank_answer, cohere=False), EmbedRequest: embed_answer,
+                 PredictRequest: predict_answer}
     bodies: list[Any] = []
     for i, instance in enumerate(body.instances):
         if not isinstance(instance, dict):
@@ -108,15 +108,12 @@ async def vertex(body: VertexRequest, request: Request) -> Response:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             raise ApiError("Validation", f"`instances[{i}]`{' ' + where if where else ''}: {first['msg']}") from None
-    answers = [rerank_answer(b, request, cohere=False) if isinstance(b, RerankRequest)
-               else embed_answer(b, request) if isinstance(b, EmbedRequest) else predict_answer(b, request)
-               for b in bodies]
-    results = await asyncio.gather(*answers, return_exceptions=True)
+    results = await asyncio.gather(*(answer_of[type(b)](b, request) for b in bodies), return_exceptions=True)
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
         raise failed
     for answer in results:  # each instance counts in TEI's request metrics, as its own route would count it
-        record(request, answer)
+        record(request, answer.computed)
     return FastJSON({"predictions": [answer.value for answer in results]})
 
 
@@ -129,10 +126,8 @@ async def embed_sparse(body: SparseRequest, request: Request) -> Response:
     texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), True, truncate_of(ctx, body.truncate), dense=False, sparse=True)
-    times = CallTimes()
-    rows = await embed_rows(request, served, texts, key, times)
-    return respond(request, Answer([sparse_items(row.sparse or {}) for row in rows], served, characters(texts),
-                                   rows, times))
+    got = await embedded(request, served, texts, key)
+    return respond(request, Answer([sparse_items(row.sparse or {}) for row in got.rows], got))
 
 
 @router.post("/embed_all")
@@ -144,9 +139,8 @@ async def embed_all(body: SparseRequest, request: Request) -> Response:
     texts, _ = text_inputs(body.inputs, limit=ctx.config.max_client_batch_size)
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), True, truncate_of(ctx, body.truncate), dense=False, token_states=True)
-    times = CallTimes()
-    rows = await embed_rows(request, served, texts, key, times)
-    return respond(request, Answer(rows.token_states, served, characters(texts), rows, times))
+    got = await embedded(request, served, texts, key)
+    return respond(request, Answer(got.rows.token_states, got))
 
 
 @router.post("/embed_m3")
@@ -162,10 +156,9 @@ async def embed_m3(body: M3Request, request: Request) -> Response:
     check_direction(body.truncation_direction)
     key = EmbedKey(prompt_of(body.prompt_name), body.normalize, truncate_of(ctx, body.truncate),
                    body.dense, body.sparse, body.colbert)
-    times = CallTimes()
-    rows = await embed_rows(request, served, texts, key, times)
+    got = await embedded(request, served, texts, key)
     out: list[dict[str, Any]] = []
-    for row in rows:
+    for row in got.rows:
         item: dict[str, Any] = {}
         if body.dense:
             item["dense"] = row.dense
@@ -174,14 +167,14 @@ async def embed_m3(body: M3Request, request: Request) -> Response:
         if body.colbert:
             item["colbert"] = np.asarray(row.colbert, dtype=np.float32)
         out.append(item)
-    return respond(request, Answer(out, served, characters(texts), rows, times))
+    return respond(request, Answer(out, got))
 
 
 @router.post("/rerank")
 async def rerank(body: RerankRequest, request: Request) -> Response:
     """TEI body ``{query, texts}`` → every text sorted by score; Cohere body ``{query, documents, top_n}``
     → ``{results: [{index, relevance_score}]}``."""
-    return respond(request, await rerank_answer(body, request, cohere=body.documents is not None))
+    return await rerank_response(body, request, cohere=body.documents is not None)
 
 
 @router.post("/predict")
@@ -211,11 +204,10 @@ async def predict_answer(body: PredictRequest, request: Request) -> Answer:
     for i, pair in enumerate(pairs):
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             raise ApiError("Validation", f"`inputs[{i}]` must be a [query, passage] pair of strings")
-    times = CallTimes()
-    rows = await scored_pairs(request, served, [tuple(p) for p in pairs], sigmoid=not body.raw_scores,
-                              truncate=truncate_of(ctx, body.truncate), times=times)
-    labelled = [[{"score": score, "label": "LABEL_0"}] for score in rows.scores]
-    return Answer(labelled[0] if single else labelled, served, characters([t for p in pairs for t in p]), rows, times)
+    got = await scored(request, served, [tuple(p) for p in pairs], sigmoid=not body.raw_scores,
+                       truncate=truncate_of(ctx, body.truncate))
+    labelled = [[{"score": score, "label": "LABEL_0"}] for score in got.rows.scores]
+    return Answer(labelled[0] if single else labelled, got)
 
 
 @router.post("/similarity")
@@ -232,11 +224,9 @@ async def similarity(body: SimilarityRequest, request: Request) -> Response:
         check_direction(params.truncation_direction)
     key = EmbedKey(prompt_of(params.prompt_name if params else None), True,
                    truncate_of(ctx, params.truncate if params else None))
-    times = CallTimes()
-    rows = await embed_rows(request, served, texts, key, times)
-    matrix = dense_matrix(rows, None, True)
-    return respond(request, Answer((matrix[1:] @ matrix[0]).astype(np.float32), served, characters(texts), rows,
-                                   times))
+    got = await embedded(request, served, texts, key)
+    matrix = dense_matrix(got.rows, None, True)
+    return respond(request, Answer((matrix[1:] @ matrix[0]).astype(np.float32), got))
 
 
 def _handle(ctx: Any, name: str | None) -> Any:

@@ -17,7 +17,7 @@ from bge_server.batcher import CallTimes
 from bge_server.config import ServerConfig
 from bge_server.errors import ApiError
 from bge_server.metrics import Metrics
-from bge_server.models import Columns, EmbedKey, EmbedRows, ModelSet, ScoreRows, ServedEmbedder, ServedReranker
+from bge_server.models import EmbedKey, EmbedRows, ModelSet, ServedEmbedder, ServedReranker
 
 try:  # several times faster for large float arrays; the standard library otherwise
     import orjson
@@ -76,64 +76,73 @@ def prompt_of(name: str | None) -> str | None:
     return PROMPTS[name]
 
 
-async def embed_rows(request: Request, served: ServedEmbedder, texts: list[str], key: EmbedKey,
-                     times: CallTimes | None = None) -> EmbedRows:
-    """Rows of `texts` from the model's batcher (`times` gets where they spent their time); core's input
-    errors become 422, its failures 424.
+@dataclass
+class Computed:
+    """A request's results from its model's batcher (`EmbedRows` or `ScoreRows`), with what TEI's headers and
+    metrics report of them: the characters of its inputs and where they spent their time."""
 
-    Example:
-        >>> rows = await embed_rows(request, served, ["a query"], EmbedKey(None, True, True), CallTimes())
-        >>> rows.dense.shape, rows.tokens.tolist()
-        ((1, 1024), [5])
-    """
-    return await _submitted(request, served, key, texts, times)
-
-
-async def scored_pairs(request: Request, served: ServedReranker, pairs: list[tuple[str, str]], *, sigmoid: bool,
-                       truncate: bool, times: CallTimes | None = None) -> ScoreRows:
-    """Scores of (query, text) pairs from the reranker's batcher, as `embed_rows`.
-
-    Example:
-        >>> (await scored_pairs(request, served, [("q", "a passage")], sigmoid=True, truncate=True)).scores
-        [0.73]
-    """
-    return await _submitted(request, served, (sigmoid, truncate), pairs, times)
-
-
-async def _submitted(request: Request, served: ServedEmbedder | ServedReranker, key: Any, items: list[Any],
-                     times: CallTimes | None) -> Any:
-    metrics = context(request).metrics
-    (metrics.embed_count if served.kind == "embedding" else metrics.predict_count).inc(len(items))
-    try:
-        return await served.batcher.submit(key, items, request, times)
-    except (ValueError, TypeError) as error:
-        raise ApiError("Validation", str(error)) from None
-    except BgeCoreError as error:
-        raise ApiError("Backend", str(error)) from None
+    served: ServedEmbedder | ServedReranker
+    rows: Any
+    characters: int
+    times: CallTimes
 
 
 @dataclass
 class Answer:
-    """An inference route's result before it is written: its JSON value, and what TEI's headers report of it."""
+    """An inference route's result before it is written: its JSON value and what it was computed from."""
 
     value: Any
-    served: ServedEmbedder | ServedReranker
-    characters: int
-    rows: Columns
-    times: CallTimes
+    computed: Computed
+
+
+async def embedded(request: Request, served: ServedEmbedder, texts: list[str], key: EmbedKey) -> Computed:
+    """`EmbedRows` of `texts` from the model's batcher; core's input errors become 422, its failures 424.
+
+    Example:
+        >>> got = await embedded(request, served, ["a query"], EmbedKey(None, True, True))
+        >>> got.rows.dense.shape, got.rows.tokens, got.characters
+        ((1, 1024), [5], 7)
+    """
+    return await _computed(request, served, key, texts)
+
+
+async def scored(request: Request, served: ServedReranker, pairs: list[tuple[str, str]], *, sigmoid: bool,
+                 truncate: bool) -> Computed:
+    """`ScoreRows` of (query, text) pairs from the reranker's batcher, as `embedded`.
+
+    Example:
+        >>> (await scored(request, served, [("q", "a passage")], sigmoid=True, truncate=True)).rows.scores
+        [0.73]
+    """
+    return await _computed(request, served, (sigmoid, truncate), pairs)
+
+
+async def _computed(request: Request, served: ServedEmbedder | ServedReranker, key: Any, items: list[Any]) -> Computed:
+    metrics = context(request).metrics
+    (metrics.embed_count if served.kind == "embedding" else metrics.predict_count).inc(len(items))
+    times = CallTimes()
+    try:
+        rows = await served.batcher.submit(key, items, request, times)
+    except (ValueError, TypeError) as error:
+        raise ApiError("Validation", str(error)) from None
+    except BgeCoreError as error:
+        raise ApiError("Backend", str(error)) from None
+    # TEI counts Unicode characters, a pair's query once per pair.
+    characters = sum(len(item) if isinstance(item, str) else len(item[0]) + len(item[1]) for item in items)
+    return Computed(served, rows, characters, times)
 
 
 def respond(request: Request, answer: Answer) -> Response:
     """The answer as JSON with TEI's response headers; its figures go to TEI's request metrics (`record`).
 
     Example:
-        >>> respond(request, Answer([[0.1, 0.2]], served, 5, rows, CallTimes())).headers["x-compute-characters"]
-        '5'
+        >>> respond(request, Answer([[0.1, 0.2]], computed)).headers["x-compute-characters"]
+        '7'
     """
-    return FastJSON(answer.value, headers=record(request, answer))
+    return FastJSON(answer.value, headers=record(request, answer.computed))
 
 
-def record(request: Request, answer: Answer) -> dict[str, str]:
+def record(request: Request, computed: Computed) -> dict[str, str]:
     """TEI's response headers of an answered inference request, after its figures went to TEI's metrics: its
     inputs to ``te_embed_success`` / ``te_predict_success``, each input's tokens to ``te_request_input_length``,
     the request's per-input times to ``te_request_{tokenization,queue,inference}_duration``.
@@ -144,28 +153,27 @@ def record(request: Request, answer: Answer) -> dict[str, str]:
     tokenized), `x-queue-time` (waiting for an engine call) and `x-inference-time` (the rest of the call).
 
     Example:
-        >>> record(request, Answer(value, served, 11, rows, CallTimes(0.0004, 0.0021)))["x-compute-tokens"]
-        '4'
+        >>> record(request, computed)["x-compute-tokens"]
+        '5'
     """
-    rows, times = answer.rows, answer.times
+    rows, times, served = computed.rows, computed.times, computed.served
     now = time.perf_counter()
     total = now - request.scope.get(STARTED, now)
-    tokenizing = float(np.mean(rows.tokenization_s)) if rows.tokenization_s is not None and len(rows) else 0.0
+    tokenizing = sum(rows.tokenization_s) / max(len(rows), 1)
     inference = max(times.call_s - tokenizing, 0.0)
     metrics = context(request).metrics
-    (metrics.embed_success if answer.served.kind == "embedding" else metrics.predict_success).inc(len(rows))
-    if rows.tokens is not None:
-        for count in rows.tokens:
-            metrics.input_length.observe(count)
+    (metrics.embed_success if served.kind == "embedding" else metrics.predict_success).inc(len(rows))
+    for count in rows.tokens:
+        metrics.input_length.observe(count)
     metrics.tokenization_duration.observe(tokenizing)
     metrics.queue_duration.observe(times.queue_s)
     metrics.inference_duration.observe(inference)
-    handle = answer.served.embedder if answer.served.kind == "embedding" else answer.served.reranker
+    handle = served.embedder if served.kind == "embedding" else served.reranker
     return {
         "x-compute-type": f"{'gpu' if 'cuda' in str(handle.device) else 'cpu'}+optimized",
         "x-compute-time": _ms(total),
-        "x-compute-characters": str(answer.characters),
-        "x-compute-tokens": str(0 if rows.tokens is None else int(np.sum(rows.tokens))),
+        "x-compute-characters": str(computed.characters),
+        "x-compute-tokens": str(sum(rows.tokens)),
         "x-total-time": _ms(total),
         "x-tokenization-time": _ms(tokenizing),
         "x-queue-time": _ms(times.queue_s),
@@ -175,16 +183,6 @@ def record(request: Request, answer: Answer) -> dict[str, str]:
 
 def _ms(seconds: float) -> str:
     return str(int(seconds * 1000))
-
-
-def characters(texts: list[str]) -> int:
-    """Characters of `texts` (TEI's x-compute-characters counts Unicode characters).
-
-    Example:
-        >>> characters(["大熊猫", "ab"])
-        5
-    """
-    return sum(map(len, texts))
 
 
 def dense_matrix(rows: EmbedRows, dimensions: int | None, normalize: bool) -> np.ndarray:
